@@ -1,0 +1,145 @@
+//! Command-line interface.
+//!
+//! Besides its subcommands, `unionfs` takes the bare form that mount(8)'s
+//! `mount.fuse3` helper and podman's `mount_program` use:
+//! `unionfs [SOURCE] MOUNTPOINT -o OPTIONS`, where SOURCE is a layer list,
+//! or only a name when `-o lowerdir=` lists the layers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::logging;
+use crate::mount::{self, MountRequest};
+use crate::options;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "unionfs",
+    version,
+    about = "Union filesystem (FUSE) that stacks image layers like kernel overlayfs",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    mount: MountArgs,
+
+    /// Layer list (or, with -o lowerdir=, a name for the mount); with only
+    /// one path given, that path is the mountpoint
+    source: Option<String>,
+
+    /// Directory to mount on
+    mountpoint: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount a layer stack: LAYERS is topmost first, colon-separated; each
+    /// entry may end in =rw or =ro (default: first writable, rest read-only)
+    Mount {
+        /// Layer list such as ./container:./image2:./image1
+        layers: String,
+        /// Directory to mount on
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        args: MountArgs,
+    },
+    /// Unmount a unionfs mount and wait for its daemon to exit
+    Umount {
+        /// Mountpoint to unmount
+        mountpoint: PathBuf,
+        /// Detach the mount even while files in it are in use
+        #[arg(short, long)]
+        lazy: bool,
+        /// Seconds to wait for the daemon to exit
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+struct MountArgs {
+    /// Mount options, comma-separated, as mount(8) takes them: lowerdir=,
+    /// upperdir=, workdir=, ro, allow_other, suid, dev, fsname=,
+    /// whiteout=overlay|aufs, volatile, threads=N (repeatable)
+    #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+    options: Vec<String>,
+    /// Stay in the foreground; SIGINT or SIGTERM unmounts
+    #[arg(short, long)]
+    foreground: bool,
+    /// Log more: -v info, -vv debug, -vvv trace
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Log to this file when detached (default: syslog)
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+}
+
+/// Runs the command line; returns the exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Mount {
+            layers,
+            mountpoint,
+            args,
+        }) => run_mount(Some(layers), mountpoint, args, true),
+        Some(Command::Umount {
+            mountpoint,
+            lazy,
+            timeout,
+        }) => {
+            logging::to_stderr(logging::level(0));
+            mount::umount_command(&mountpoint, lazy, Duration::from_secs(timeout))
+        }
+        None => match (cli.source, cli.mountpoint) {
+            (Some(source), Some(mountpoint)) => {
+                run_mount(Some(source), mountpoint, cli.mount, false)
+            }
+            (Some(mountpoint), None) => {
+                run_mount(None, PathBuf::from(mountpoint), cli.mount, false)
+            }
+            _ => Err(anyhow::anyhow!("missing mountpoint; see unionfs --help")),
+        },
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("unionfs: {err:#}");
+            1
+        }
+    }
+}
+
+fn run_mount(
+    source: Option<String>,
+    mountpoint: PathBuf,
+    args: MountArgs,
+    layers_given: bool,
+) -> Result<()> {
+    let options = options::resolve(source.as_deref(), &args.options)?;
+    if layers_given
+        && args
+            .options
+            .iter()
+            .any(|opt| opt.split(',').any(|o| o.starts_with("lowerdir=")))
+    {
+        bail!("layers given twice, as LAYERS and as -o lowerdir=; give them one way");
+    }
+    let level = logging::level(args.verbose);
+    if args.foreground {
+        logging::to_stderr(level);
+    } else {
+        logging::to_file_or_syslog(args.log_file.as_deref(), level)?;
+    }
+    mount::mount(MountRequest {
+        options,
+        mountpoint,
+        foreground: args.foreground,
+    })
+}

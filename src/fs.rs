@@ -1,0 +1,589 @@
+//! The `fuser::Filesystem` glue: each handler decodes its request, calls the
+//! union, maps the error to an errno and replies. No policy lives here.
+//!
+//! A panic in a handler would kill a session thread and hang every process
+//! using the mount, so each handler runs under `catch_unwind`; the reply it
+//! owned is dropped during the unwind, which answers the request with `EIO`.
+
+use std::ffi::OsStr;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+use log::{debug, error};
+
+use crate::union::{Caller, NewKind, NewObject, SetAttr, Union};
+
+/// How long the kernel may cache names and attributes. Every change to the
+/// layers is expected to come through this mount, which keeps the kernel's
+/// caches exact, so the lifetime can be long.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
+
+/// Capabilities asked of the kernel at init, each granted only if supported.
+const WANTED: [InitFlags; 5] = [
+    // Apply the umask here, so a default ACL on the parent can replace it.
+    InitFlags::FUSE_DONT_MASK,
+    // Pass O_TRUNC to open, so a truncating open copies up no data.
+    InitFlags::FUSE_ATOMIC_O_TRUNC,
+    InitFlags::FUSE_PARALLEL_DIROPS,
+    InitFlags::FUSE_CACHE_SYMLINKS,
+    InitFlags::FUSE_BIG_WRITES,
+];
+
+/// The union served over FUSE.
+pub struct UnionFs {
+    union: Union,
+    ttl: Duration,
+}
+
+impl UnionFs {
+    pub fn new(union: Union, ttl: Duration) -> UnionFs {
+        UnionFs { union, ttl }
+    }
+}
+
+/// Maps an error from the union to the errno sent to the kernel.
+fn errno_of(op: &str, err: &io::Error) -> Errno {
+    match err.raw_os_error() {
+        Some(code) => {
+            if !matches!(
+                code,
+                libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA | libc::EXDEV
+            ) {
+                debug!("{op}: {err}");
+            }
+            Errno::from_i32(code)
+        }
+        None => {
+            error!("{op}: {err}");
+            Errno::EIO
+        }
+    }
+}
+
+/// Runs a handler, logging a panic instead of letting it end the thread.
+fn guard<R>(op: &str, reply: R, handler: impl FnOnce(R)) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler(reply))) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        error!("{op}: handler panicked ({what}); the request was answered with EIO");
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+impl UnionFs {
+    fn reply_entry(&self, op: &str, reply: ReplyEntry, result: io::Result<fuser::FileAttr>) {
+        match result {
+            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Err(err) => reply.error(errno_of(op, &err)),
+        }
+    }
+
+    fn reply_empty(op: &str, reply: ReplyEmpty, result: io::Result<()>) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno_of(op, &err)),
+        }
+    }
+
+    fn reply_attr(&self, op: &str, reply: ReplyAttr, result: io::Result<fuser::FileAttr>) {
+        match result {
+            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Err(err) => reply.error(errno_of(op, &err)),
+        }
+    }
+
+    fn reply_xattr(op: &str, reply: ReplyXattr, size: u32, result: io::Result<Vec<u8>>) {
+        match result {
+            Ok(value) if size == 0 => reply.size(value.len() as u32),
+            Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(value) => reply.data(&value),
+            Err(err) => reply.error(errno_of(op, &err)),
+        }
+    }
+
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        new: NewObject<'_>,
+        reply: ReplyEntry,
+    ) {
+        let result = self
+            .union
+            .create(caller(req), parent.0, name, &new)
+            .map(|(_, attr, _)| attr);
+        self.reply_entry("create", reply, result);
+    }
+}
+
+fn time_or_now(time: Option<TimeOrNow>) -> Option<TimeOrNow> {
+    time
+}
+
+impl Filesystem for UnionFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        for flag in WANTED {
+            if config.add_capabilities(flag).is_err() {
+                debug!("kernel lacks FUSE capability {flag:?}");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guard("lookup", reply, |reply| {
+            let result = self.union.lookup(parent.0, name).map(|(_, attr)| attr);
+            self.reply_entry("lookup", reply, result);
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        guard("getattr", reply, |reply| {
+            self.reply_attr("getattr", reply, self.union.getattr(ino.0))
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_or_now(atime),
+            mtime,
+            fh: fh.map(|fh| fh.0),
+        };
+        guard("setattr", reply, |reply| {
+            self.reply_attr("setattr", reply, self.union.setattr(ino.0, &set))
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        guard("readlink", reply, |reply| {
+            match self.union.readlink(ino.0) {
+                Ok(target) => reply.data(&target),
+                Err(err) => reply.error(errno_of("readlink", &err)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let new = NewObject {
+            kind: NewKind::Node {
+                rdev: u64::from(rdev),
+            },
+            mode,
+            umask,
+        };
+        guard("mknod", reply, |reply| {
+            self.make(req, parent, name, new, reply)
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let new = NewObject {
+            kind: NewKind::Dir,
+            mode: mode | libc::S_IFDIR,
+            umask,
+        };
+        guard("mkdir", reply, |reply| {
+            self.make(req, parent, name, new, reply)
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let new = NewObject {
+            kind: NewKind::Symlink(target.as_os_str()),
+            mode: libc::S_IFLNK | 0o777,
+            umask: 0,
+        };
+        guard("symlink", reply, |reply| {
+            self.make(req, parent, link_name, new, reply)
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guard("unlink", reply, |reply| {
+            Self::reply_empty("unlink", reply, self.union.unlink(parent.0, name))
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guard("rmdir", reply, |reply| {
+            Self::reply_empty("rmdir", reply, self.union.rmdir(parent.0, name))
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        guard("rename", reply, |reply| {
+            let result = self
+                .union
+                .rename(parent.0, name, newparent.0, newname, flags.bits());
+            Self::reply_empty("rename", reply, result);
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        guard("link", reply, |reply| {
+            let result = self
+                .union
+                .link(caller(req), ino.0, newparent.0, newname)
+                .map(|(_, attr)| attr);
+            self.reply_entry("link", reply, result);
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        guard("open", reply, |reply| {
+            match self.union.open(ino.0, flags.0) {
+                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(opened.keep_cache)),
+                Err(err) => reply.error(errno_of("open", &err)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        guard("read", reply, |reply| {
+            match self.union.read(fh.0, offset, size) {
+                Ok(data) => reply.data(&data),
+                Err(err) => reply.error(errno_of("read", &err)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        guard("write", reply, |reply| {
+            match self.union.write(fh.0, offset, data) {
+                Ok(written) => reply.written(written),
+                Err(err) => reply.error(errno_of("write", &err)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.union.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guard("fsync", reply, |reply| {
+            Self::reply_empty("fsync", reply, self.union.fsync(fh.0, datasync))
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        guard("opendir", reply, |reply| match self.union.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(err) => reply.error(errno_of("opendir", &err)),
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let (listing, start) = match self.union.readdir(fh.0, offset) {
+            Ok(found) => found,
+            Err(err) => return reply.error(errno_of("readdir", &err)),
+        };
+        for (index, entry) in listing.iter().enumerate().skip(start) {
+            if reply.add(
+                INodeNo(entry.ino),
+                index as u64 + 1,
+                entry.kind,
+                &entry.name,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.union.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guard("fsyncdir", reply, |reply| {
+            Self::reply_empty("fsyncdir", reply, self.union.fsyncdir(ino.0))
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        guard("statfs", reply, |reply| match self.union.statfs() {
+            Ok(fs) => reply.statfs(
+                fs.blocks(),
+                fs.blocks_free(),
+                fs.blocks_available(),
+                fs.files(),
+                fs.files_free(),
+                fs.block_size() as u32,
+                fs.name_max() as u32,
+                fs.fragment_size() as u32,
+            ),
+            Err(err) => reply.error(errno_of("statfs", &err)),
+        });
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        guard("setxattr", reply, |reply| {
+            Self::reply_empty(
+                "setxattr",
+                reply,
+                self.union.setxattr(ino.0, name, value, flags),
+            );
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        guard("getxattr", reply, |reply| {
+            Self::reply_xattr("getxattr", reply, size, self.union.getxattr(ino.0, name))
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        guard("listxattr", reply, |reply| {
+            Self::reply_xattr("listxattr", reply, size, self.union.listxattr(ino.0))
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guard("removexattr", reply, |reply| {
+            Self::reply_empty("removexattr", reply, self.union.removexattr(ino.0, name));
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // The mount uses default_permissions, so the kernel checks access.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        guard("create", reply, |reply| {
+            match self
+                .union
+                .create_file(caller(req), parent.0, name, mode, umask, flags)
+            {
+                Ok((_, attr, opened)) => {
+                    reply.created(
+                        &self.ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(opened.fh),
+                        fopen_flags(opened.keep_cache),
+                    );
+                }
+                Err(err) => reply.error(errno_of("create", &err)),
+            }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guard("fallocate", reply, |reply| {
+            Self::reply_empty(
+                "fallocate",
+                reply,
+                self.union.fallocate(fh.0, offset, length, mode),
+            );
+        });
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        guard("lseek", reply, |reply| {
+            match self.union.lseek(fh.0, offset, whence) {
+                Ok(position) => reply.offset(position),
+                Err(err) => reply.error(errno_of("lseek", &err)),
+            }
+        });
+    }
+}
+
+fn fopen_flags(keep_cache: bool) -> FopenFlags {
+    if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
+}

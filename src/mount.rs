@@ -1,0 +1,385 @@
+//! Mounting: opening `/dev/fuse`, `mount(2)`, serving the FUSE session,
+//! detaching from the caller, and unmounting.
+//!
+//! The daemon detaches only once the mount is live: the parent waits on a
+//! pipe for the child's report and exits 0 only after the kernel answered the
+//! FUSE handshake. The detached child keeps no inherited stdin, stdout or
+//! stderr, so a caller reading its stderr until it closes (podman) returns.
+//! Each daemon records its pid under `/run/unionfs/fuse/`, keyed by the
+//! mount's device number, so `unionfs umount` can wait for it to exit.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fuser::{Config, Session, SessionACL};
+use log::{info, warn};
+use nix::mount::{MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+
+use crate::fs::{DEFAULT_TTL, UnionFs};
+use crate::options::MountOptions;
+use crate::stack::LayerStack;
+use crate::sys::process::{Forked, fork_single_threaded};
+use crate::union::Union;
+
+/// Where daemons record their pids, one file per mount.
+const PID_DIR: &str = "/run/unionfs/fuse";
+
+/// What `unionfs mount` was asked to do.
+pub struct MountRequest {
+    pub options: MountOptions,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+}
+
+/// Mounts the union and serves it until it is unmounted. In the background
+/// form this returns in the caller once the mount is live, and never in the
+/// daemon.
+pub fn mount(mut request: MountRequest) -> Result<()> {
+    let stack = LayerStack::open(&request.options, &request.mountpoint)?;
+    // The daemon changes to `/`, so a relative mountpoint must be resolved now.
+    request.mountpoint = request.mountpoint.canonicalize()?;
+    raise_fd_limit();
+    if request.foreground {
+        return serve(stack, &request, &mut None);
+    }
+    let (read_end, write_end) =
+        nix::unistd::pipe().context("cannot create a pipe to the daemon")?;
+    match fork_single_threaded().context("cannot start the daemon")? {
+        Forked::Parent(child) => {
+            drop(write_end);
+            wait_for_daemon(read_end, child)
+        }
+        Forked::Child => {
+            drop(read_end);
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+            let mut report = Some(File::from(write_end));
+            let result = serve(stack, &request, &mut report);
+            if let (Err(err), Some(report)) = (&result, report.as_mut()) {
+                // The parent prints this; it is still reading the pipe.
+                let _ = write!(report, "{err:#}");
+            }
+            std::process::exit(i32::from(result.is_err()));
+        }
+    }
+}
+
+/// Waits for the daemon's report: empty means the mount is live, any text is
+/// the error that stopped it.
+fn wait_for_daemon(read_end: OwnedFd, child: nix::unistd::Pid) -> Result<()> {
+    let mut message = String::new();
+    File::from(read_end)
+        .read_to_string(&mut message)
+        .context("cannot read the daemon's report")?;
+    if let Some(error) = message.strip_prefix("ready") {
+        if error.is_empty() {
+            return Ok(());
+        }
+    }
+    let _ = nix::sys::wait::waitpid(child, None);
+    if message.is_empty() {
+        bail!(
+            "the daemon (pid {child}) exited before the mount was live; run with -f -v to see why"
+        );
+    }
+    bail!("{message}")
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            warn!("cannot raise the open file limit to {hard}: {err}");
+        }
+    }
+}
+
+/// Mounts and serves. `report` receives "ready" once the mount is live and
+/// is closed then, which lets the waiting parent exit.
+fn serve(stack: LayerStack, request: &MountRequest, report: &mut Option<File>) -> Result<()> {
+    nix::sys::stat::umask(Mode::empty());
+    let options = &request.options;
+    let union = Union::new(stack).context("cannot read the layers' root directories")?;
+    let fuse = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .context("cannot open /dev/fuse; load the fuse module (modprobe fuse)")?;
+    let allow_other = options.allow_other || nix::unistd::geteuid().is_root();
+    mount_fuse(&fuse, request, allow_other)?;
+    let mountpoint = request.mountpoint.clone();
+
+    let config = session_config(options);
+    let acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let session = match Session::from_fd(
+        UnionFs::new(union, DEFAULT_TTL),
+        OwnedFd::from(fuse),
+        acl,
+        config,
+    ) {
+        Ok(session) => session,
+        Err(err) => {
+            let _ = unmount(&mountpoint, true);
+            return Err(err).context("the FUSE handshake with the kernel failed");
+        }
+    };
+    let pid_file = PidFile::create(&mountpoint);
+    info!("mounted {} on {}", options.fsname, mountpoint.display());
+    if let Some(mut report) = report.take() {
+        report
+            .write_all(b"ready")
+            .context("cannot report to the parent")?;
+        drop(report);
+        detach_stdio();
+    }
+    watch_signals(mountpoint.clone());
+
+    let result = session.run();
+    drop(pid_file);
+    info!("unmounted {}", mountpoint.display());
+    result.context("the FUSE session ended with an error")
+}
+
+fn session_config(options: &MountOptions) -> Config {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut config = Config::default();
+    config.n_threads = Some(options.threads.unwrap_or((cpus * 2).max(4)));
+    config.clone_fd = true;
+    config
+}
+
+/// Calls mount(2) for a `fuse.unionfs` filesystem served through `fuse`.
+fn mount_fuse(fuse: &File, request: &MountRequest, allow_other: bool) -> Result<()> {
+    let options = &request.options;
+    let root_mode = nix::sys::stat::stat(&request.mountpoint).map_or(0o40755, |stat| stat.st_mode);
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={},default_permissions",
+        fuse.as_raw_fd(),
+        root_mode & libc::S_IFMT | 0o755,
+        nix::unistd::geteuid(),
+        nix::unistd::getegid()
+    );
+    if allow_other {
+        data.push_str(",allow_other");
+    }
+    nix::mount::mount(
+        Some(options.fsname.as_str()),
+        &request.mountpoint,
+        Some("fuse.unionfs"),
+        mount_flags(options),
+        Some(data.as_str()),
+    )
+    .with_context(|| {
+        format!(
+            "cannot mount on {}; mounting needs root (CAP_SYS_ADMIN)",
+            request.mountpoint.display()
+        )
+    })
+}
+
+fn mount_flags(options: &MountOptions) -> MsFlags {
+    let pairs = [
+        (!options.suid, MsFlags::MS_NOSUID),
+        (!options.dev, MsFlags::MS_NODEV),
+        (!options.exec, MsFlags::MS_NOEXEC),
+        (options.read_only, MsFlags::MS_RDONLY),
+        (options.noatime, MsFlags::MS_NOATIME),
+        (options.sync, MsFlags::MS_SYNCHRONOUS),
+        (options.dirsync, MsFlags::MS_DIRSYNC),
+    ];
+    pairs
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(MsFlags::empty(), |flags, (_, flag)| flags | *flag)
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+fn detach_stdio() {
+    let Ok(null) = OpenOptions::new().read(true).write(true).open("/dev/null") else {
+        return;
+    };
+    let _ = nix::unistd::dup2_stdin(null.as_fd());
+    let _ = nix::unistd::dup2_stdout(null.as_fd());
+    let _ = nix::unistd::dup2_stderr(null.as_fd());
+}
+
+/// Unmounts on SIGINT, SIGTERM or SIGHUP; the session then ends by itself.
+fn watch_signals(mountpoint: PathBuf) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(err) => {
+            warn!("cannot watch signals, so SIGTERM will not unmount cleanly: {err}");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                info!("signal {signal}: unmounting {}", mountpoint.display());
+                if let Err(err) = unmount(&mountpoint, false) {
+                    warn!(
+                        "cannot unmount {} ({err}); detaching it instead",
+                        mountpoint.display()
+                    );
+                    let _ = unmount(&mountpoint, true);
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        warn!("cannot start the signal thread: {err}");
+    }
+}
+
+/// Unmounts `mountpoint`; `lazy` detaches it even while busy.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
+    let flags = if lazy {
+        MntFlags::MNT_DETACH
+    } else {
+        MntFlags::empty()
+    };
+    Ok(nix::mount::umount2(mountpoint, flags)?)
+}
+
+/// Unmounts a unionfs mount and waits for its daemon to exit.
+pub fn umount_command(mountpoint: &Path, lazy: bool, timeout: Duration) -> Result<()> {
+    let device = mount_device(mountpoint).with_context(|| {
+        format!(
+            "{} is not a mountpoint; check the path",
+            mountpoint.display()
+        )
+    })?;
+    let daemon = PidFile::read(device);
+    match unmount(mountpoint, lazy) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+            bail!(
+                "{} is busy (a process uses files in it); stop those processes or pass --lazy",
+                mountpoint.display()
+            )
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot unmount {}", mountpoint.display()));
+        }
+    }
+    if let Some(pid) = daemon {
+        let deadline = Instant::now() + timeout;
+        while pid.is_alive() {
+            if Instant::now() > deadline {
+                bail!(
+                    "unmounted {}, but its daemon (pid {}) has not exited after {timeout:?}",
+                    mountpoint.display(),
+                    pid.pid
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    Ok(())
+}
+
+/// Returns the device number of the mount at `path`, from mountinfo, or
+/// `None` when no mount is there.
+fn mount_device(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let target = unescape_mountinfo(fields.get(4)?);
+        (Path::new(&target) == path).then(|| fields.get(2).map(|dev| dev.to_string()))?
+    })
+}
+
+/// Decodes the octal escapes (`\040` for a space) of a mountinfo field.
+fn unescape_mountinfo(field: &str) -> OsString {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 4)
+            .and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok());
+        match (bytes[i], escaped) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    OsStr::from_bytes(&out).to_os_string()
+}
+
+/// A daemon's pid and start time, which together name one process even
+/// after the pid is reused.
+struct Daemon {
+    pid: i32,
+    start: String,
+}
+
+impl Daemon {
+    fn is_alive(&self) -> bool {
+        start_time(self.pid).is_some_and(|start| start == self.start)
+    }
+}
+
+fn start_time(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(19).map(str::to_string)
+}
+
+/// The pid file of a running daemon, removed when dropped.
+struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    fn create(mountpoint: &Path) -> PidFile {
+        let path = mount_device(mountpoint)
+            .map(|device| Path::new(PID_DIR).join(device.replace(':', "-")));
+        let written = path.as_ref().map(|path| {
+            let pid = std::process::id() as i32;
+            let content = format!("{pid} {}\n", start_time(pid).unwrap_or_default());
+            std::fs::create_dir_all(PID_DIR).and_then(|()| std::fs::write(path, content))
+        });
+        if let Some(Err(err)) = written {
+            warn!(
+                "cannot record the daemon's pid in {PID_DIR}: {err}; unionfs umount will not wait for it"
+            );
+            return PidFile(None);
+        }
+        PidFile(path)
+    }
+
+    fn read(device: String) -> Option<Daemon> {
+        let content =
+            std::fs::read_to_string(Path::new(PID_DIR).join(device.replace(':', "-"))).ok()?;
+        let (pid, start) = content.trim().split_once(' ')?;
+        Some(Daemon {
+            pid: pid.parse().ok()?,
+            start: start.to_string(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

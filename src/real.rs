@@ -1,0 +1,111 @@
+//! Access to real objects inside a layer, always relative to a directory fd.
+//!
+//! Every name passed here is one path component that came through the merged
+//! view. Opens use `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, and
+//! every `*at` call passes `AT_SYMLINK_NOFOLLOW`, so a symlink inside a layer
+//! is only ever read as a link and can never steer the daemon onto host files.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+
+/// Returns true for the errors that mean "no such entry" when probing a
+/// layer: the name is missing, a path component is not a directory, or the
+/// name cannot exist there at all because it is too long.
+pub fn is_absent(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG)
+    )
+}
+
+/// Rejects names that are not a single path component.
+pub fn check_name(name: &OsStr) -> io::Result<()> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// Opens `name` in `dir` with `flags`, never following a symlink; the final
+/// component opens as the link itself only with `O_PATH | O_NOFOLLOW`.
+pub fn open_at(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+    check_name(name)?;
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .mode(Mode::from_bits_truncate(mode))
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match nix::fcntl::openat2(dir, name, how) {
+        Ok(fd) => Ok(fd),
+        // openat2 is missing before Linux 5.6: one component with O_NOFOLLOW
+        // gives the same guarantee.
+        Err(Errno::ENOSYS) => Ok(nix::fcntl::openat(
+            dir,
+            name,
+            flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(mode),
+        )?),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Opens directory `name` in `dir` for reading entries and attributes.
+pub fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    open_at(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)
+}
+
+/// Opens directory `dir` again, for a reader with its own offset.
+pub fn reopen_dir(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::openat(dir, ".", flags, Mode::empty())?)
+}
+
+/// Opens any object as an `O_PATH` descriptor, which allows no I/O but serves
+/// `fstat`, `*at` calls with an empty path and `/proc/self/fd` access.
+pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    open_at(dir, name, OFlag::O_PATH, 0)
+}
+
+/// Reopens `fd` (often `O_PATH`) with new `flags` through `/proc/self/fd`.
+///
+/// Used for objects that lost their name, such as an open file after unlink.
+pub fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
+    let path = crate::sys::proc_fd_path(fd);
+    Ok(nix::fcntl::open(
+        path.as_c_str(),
+        (flags | OFlag::O_CLOEXEC) & !OFlag::O_CREAT,
+        Mode::empty(),
+    )?)
+}
+
+/// Stats `name` in `dir` without following a symlink; `None` when absent.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<FileStat>> {
+    match nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(stat)),
+        Err(err) => {
+            let err = io::Error::from(err);
+            if is_absent(&err) { Ok(None) } else { Err(err) }
+        }
+    }
+}
+
+/// Stats the object `fd` refers to.
+pub fn stat_fd(fd: impl AsFd) -> io::Result<FileStat> {
+    Ok(nix::sys::stat::fstat(fd)?)
+}
+
+/// Returns the file type bits of a stat result.
+pub fn kind(stat: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(stat.st_mode & libc::S_IFMT)
+}
+
+/// Returns true when the stat result describes a directory.
+pub fn is_dir(stat: &FileStat) -> bool {
+    kind(stat) == SFlag::S_IFDIR
+}

@@ -1,0 +1,331 @@
+//! The union: the merged view's operations, built on the layer stack, the
+//! inode table and copy-up. The FUSE glue calls these and only maps their
+//! `io::Error`s to errnos.
+//!
+//! Operations are grouped by family: names (`create`), removal (`remove`),
+//! `rename`, attributes and xattrs (`attr`), and file and directory I/O
+//! (`io`). This file holds lookup and what they share: locating a node's
+//! real object and copying a node up.
+
+mod attr;
+mod create;
+mod io;
+mod remove;
+mod rename;
+
+use std::ffi::OsStr;
+use std::io as stdio;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::FileAttr;
+use log::debug;
+use nix::sys::stat::FileStat;
+
+pub use self::attr::SetAttr;
+pub use self::create::{Caller, NewKind, NewObject};
+pub use self::io::Opened;
+use crate::copyup::CopyUp;
+use crate::handle::HandleTable;
+use crate::inode::{Alias, InodeTable, LayerDir, Node, RealState};
+use crate::lookup::{self, Found};
+use crate::readdir;
+use crate::real;
+use crate::stack::{LayerStack, Upper};
+use crate::whiteout;
+
+/// The merged view of one layer stack.
+pub struct Union {
+    stack: LayerStack,
+    table: InodeTable,
+    handles: HandleTable,
+}
+
+/// Where a node's real object can be reached.
+pub enum Place {
+    /// A directory, through its topmost layer directory.
+    Dir(Arc<OwnedFd>),
+    /// A non-directory, by name in its parent's directory of the same layer.
+    Entry {
+        parent: Arc<OwnedFd>,
+        name: std::ffi::OsString,
+    },
+    /// An object with no name left, through an `O_PATH` descriptor.
+    Orphan(Arc<OwnedFd>),
+}
+
+pub(crate) fn errno(code: i32) -> stdio::Error {
+    stdio::Error::from_raw_os_error(code)
+}
+
+impl Union {
+    /// Builds the merged view of `stack`.
+    pub fn new(stack: LayerStack) -> stdio::Result<Union> {
+        let (root, _) = lookup::root_state(&stack)?;
+        Ok(Union {
+            table: InodeTable::new(root),
+            handles: HandleTable::default(),
+            stack,
+        })
+    }
+
+    /// Returns the layer stack.
+    pub fn stack(&self) -> &LayerStack {
+        &self.stack
+    }
+
+    /// Returns the upper layer, or `EROFS` for a read-only stack.
+    fn upper(&self) -> stdio::Result<&Upper> {
+        self.stack.upper().ok_or_else(|| errno(libc::EROFS))
+    }
+
+    /// Returns node `ino`.
+    pub fn node(&self, ino: u64) -> stdio::Result<Arc<Node>> {
+        self.table.get(ino)
+    }
+
+    /// Looks up `name` in directory `parent`; the kernel then holds one more
+    /// reference to the returned node.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> stdio::Result<(Arc<Node>, FileAttr)> {
+        let parent = self.node(parent)?;
+        let found = self
+            .find(&parent, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(self.adopt(&parent, name, found))
+    }
+
+    /// Registers a found object as a node under `parent`/`name`.
+    fn adopt(&self, parent: &Arc<Node>, name: &OsStr, found: Found) -> (Arc<Node>, FileAttr) {
+        let is_dir = found.is_dir();
+        let merged = found.state.is_merged();
+        let alias = Alias {
+            parent: parent.clone(),
+            name: name.to_os_string(),
+        };
+        let node = self.table.look_up(found.state, is_dir, alias);
+        let attr = attr_of(node.ino, &found.stat, merged);
+        (node, attr)
+    }
+
+    /// Drops `count` kernel references to node `ino`.
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.table.forget(ino, count);
+    }
+
+    /// Resolves `name` in directory node `parent`; `None` when absent.
+    fn find(&self, parent: &Node, name: &OsStr) -> stdio::Result<Option<Found>> {
+        if !parent.is_dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        real::check_name(name)?;
+        if whiteout::is_reserved(name) {
+            return Ok(None);
+        }
+        let dirs = parent.state().dirs.clone();
+        lookup::resolve(&self.stack, &dirs, name)
+    }
+
+    /// Returns where node's real object is now, with the state it was read from.
+    pub fn locate(&self, node: &Node) -> stdio::Result<(RealState, Place)> {
+        let state = node.snapshot();
+        if let Some(orphan) = &state.orphan {
+            let place = Place::Orphan(orphan.clone());
+            return Ok((state, place));
+        }
+        if let Some(top) = state.dirs.first() {
+            let place = Place::Dir(top.fd.clone());
+            return Ok((state, place));
+        }
+        let alias = node.alias().ok_or_else(|| errno(libc::ESTALE))?;
+        let parent = dir_in_layer(&alias.parent, state.layer)?;
+        Ok((
+            state,
+            Place::Entry {
+                parent,
+                name: alias.name,
+            },
+        ))
+    }
+
+    /// Stats node's real object.
+    fn stat_node(&self, node: &Node) -> stdio::Result<(RealState, FileStat)> {
+        let (state, place) = self.locate(node)?;
+        let stat = match &place {
+            Place::Dir(fd) | Place::Orphan(fd) => real::stat_fd(fd.as_fd())?,
+            Place::Entry { parent, name } => {
+                real::stat_at(parent.as_fd(), name)?.ok_or_else(|| errno(libc::ENOENT))?
+            }
+        };
+        Ok((state, stat))
+    }
+
+    /// Returns the attributes of node `ino`.
+    pub fn getattr(&self, ino: u64) -> stdio::Result<FileAttr> {
+        let node = self.node(ino)?;
+        let (state, stat) = self.stat_node(&node)?;
+        Ok(attr_of(node.ino, &stat, state.is_merged()))
+    }
+
+    /// Returns the target of symlink node `ino`.
+    pub fn readlink(&self, ino: u64) -> stdio::Result<Vec<u8>> {
+        use std::os::unix::ffi::OsStringExt;
+        let node = self.node(ino)?;
+        let target = match self.locate(&node)?.1 {
+            Place::Entry { parent, name } => {
+                nix::fcntl::readlinkat(parent.as_fd(), name.as_os_str())?
+            }
+            Place::Orphan(fd) => nix::fcntl::readlinkat(fd.as_fd(), "")?,
+            Place::Dir(_) => return Err(errno(libc::EINVAL)),
+        };
+        Ok(target.into_vec())
+    }
+
+    /// Returns filesystem statistics: those of the upper layer, or of the
+    /// topmost layer when read-only.
+    pub fn statfs(&self) -> stdio::Result<nix::sys::statvfs::Statvfs> {
+        Ok(nix::sys::statvfs::fstatvfs(self.stack.root(0))?)
+    }
+
+    /// Lists directory node `node`, with `.` and `..` first.
+    fn listing(&self, node: &Node) -> stdio::Result<Vec<readdir::DirEntry>> {
+        let dirs = node.state().dirs.clone();
+        let parent_ino = node.alias().map_or(node.ino, |alias| alias.parent.ino);
+        let mut entries = vec![
+            readdir::DirEntry {
+                name: ".".into(),
+                kind: fuser::FileType::Directory,
+                ino: node.ino,
+            },
+            readdir::DirEntry {
+                name: "..".into(),
+                kind: fuser::FileType::Directory,
+                ino: parent_ino,
+            },
+        ];
+        entries.extend(readdir::list(&self.stack, &self.table, &dirs)?);
+        Ok(entries)
+    }
+
+    /// Makes sure directory `node` exists in the upper layer, copying it and
+    /// its missing ancestors up; returns its upper directory.
+    fn upper_dir(&self, node: &Arc<Node>) -> stdio::Result<Arc<OwnedFd>> {
+        if let Some(fd) = upper_dir_of(node) {
+            return Ok(fd);
+        }
+        self.copy_up(node, None)?;
+        upper_dir_of(node).ok_or_else(|| errno(libc::EIO))
+    }
+
+    /// Copies node up unless it is already in the upper layer. `data_len`
+    /// limits how much of a regular file's data is copied (`None`: all).
+    fn copy_up(&self, node: &Arc<Node>, data_len: Option<u64>) -> stdio::Result<()> {
+        let upper = self.upper()?;
+        if node.state().layer == 0 {
+            return Ok(());
+        }
+        let alias = node.alias().ok_or_else(|| errno(libc::ESTALE))?;
+        // The parent first, without holding this node's lock (lock order).
+        let dst_parent = self.upper_dir(&alias.parent)?;
+
+        let _guard = node.copy_up.lock();
+        let (state, stat) = self.stat_node(node)?;
+        if state.layer == 0 {
+            return Ok(());
+        }
+        let src_parent = dir_in_layer(&alias.parent, state.layer)?;
+        let job = CopyUp {
+            upper,
+            src_parent: src_parent.as_fd(),
+            dst_parent: dst_parent.as_fd(),
+            name: &alias.name,
+            data_len: data_len.map_or(stat.st_size as u64, |len| len.min(stat.st_size as u64)),
+            stat,
+        };
+        let copied = job.run()?;
+        let identity = lookup::identity(&self.stack, 0, &copied.stat);
+        let mut dirs = state.dirs.clone();
+        if let Some(dir) = copied.dir {
+            dirs.insert(
+                0,
+                LayerDir {
+                    layer: 0,
+                    fd: Arc::new(dir),
+                    opacity: whiteout::Opacity::Transparent,
+                },
+            );
+        }
+        self.table.record_origin(identity, node.ino);
+        node.set_state(RealState {
+            layer: 0,
+            identity,
+            dirs,
+            orphan: None,
+        });
+        debug!("node {} copied up from layer {}", node.ino, state.layer);
+        Ok(())
+    }
+
+    /// Returns true when some layer below the upper one shows `name` in
+    /// directory node `parent`, so removing it needs a whiteout.
+    fn lower_has(&self, parent: &Node, name: &OsStr) -> stdio::Result<bool> {
+        let dirs = parent.state().dirs.clone();
+        let lower = dirs
+            .iter()
+            .skip_while(|dir| dir.layer == 0)
+            .cloned()
+            .collect::<Vec<_>>();
+        Ok(lookup::resolve(&self.stack, &lower, name)?.is_some())
+    }
+}
+
+/// Returns the fd of directory node `node` in layer `layer`.
+fn dir_in_layer(node: &Node, layer: usize) -> stdio::Result<Arc<OwnedFd>> {
+    node.state()
+        .dirs
+        .iter()
+        .find(|dir| dir.layer == layer)
+        .map(|dir| dir.fd.clone())
+        .ok_or_else(|| errno(libc::ESTALE))
+}
+
+/// Returns directory node's upper directory, if it has one.
+fn upper_dir_of(node: &Node) -> Option<Arc<OwnedFd>> {
+    node.state()
+        .dirs
+        .first()
+        .filter(|dir| dir.layer == 0)
+        .map(|dir| dir.fd.clone())
+}
+
+fn system_time(secs: i64, nsecs: i64) -> SystemTime {
+    let nanos = Duration::from_nanos(nsecs.clamp(0, 999_999_999) as u64);
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nanos
+    }
+}
+
+/// Builds FUSE attributes for node number `ino` from its real object's
+/// stat. A merged directory reports one link, as kernel overlayfs does,
+/// because its real link counts do not add up to a meaningful number.
+pub fn attr_of(ino: u64, stat: &FileStat, merged: bool) -> FileAttr {
+    FileAttr {
+        ino: fuser::INodeNo(ino),
+        size: stat.st_size as u64,
+        blocks: stat.st_blocks as u64,
+        atime: system_time(stat.st_atime, stat.st_atime_nsec),
+        mtime: system_time(stat.st_mtime, stat.st_mtime_nsec),
+        ctime: system_time(stat.st_ctime, stat.st_ctime_nsec),
+        crtime: UNIX_EPOCH,
+        kind: readdir::file_type(stat.st_mode),
+        perm: (stat.st_mode & 0o7777) as u16,
+        nlink: if merged { 1 } else { stat.st_nlink as u32 },
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        rdev: stat.st_rdev as u32,
+        blksize: stat.st_blksize as u32,
+        flags: 0,
+    }
+}

@@ -1,0 +1,279 @@
+//! Rename: files, symlinks and upper-only directories, over existing names,
+//! with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`.
+//!
+//! Both names end up in the upper layer: the source is copied up first,
+//! and a whiteout is left at the source when a lower layer shows that name.
+//! A directory that has entries in a lower layer cannot move without
+//! copying its whole tree, so it answers `EXDEV`, as kernel overlayfs does
+//! without `redirect_dir`; `mv` then copies it. A directory moved onto a
+//! name that lower layers show is marked opaque so they stay hidden.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use log::debug;
+use nix::fcntl::RenameFlags;
+
+use super::{Union, errno, readdir, upper_dir_of};
+use crate::inode::{Alias, Node};
+use crate::lookup::Found;
+use crate::real;
+use crate::whiteout::{self, Entry, Moving, Opacity};
+
+impl Union {
+    /// Renames `name` in `parent` to `new_name` in `new_parent`; `flags`
+    /// holds `RENAME_NOREPLACE` or `RENAME_EXCHANGE`.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let flags = RenameFlags::from_bits(flags).ok_or_else(|| errno(libc::EINVAL))?;
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(errno(libc::EINVAL));
+        }
+        if whiteout::is_reserved(new_name) {
+            return Err(errno(libc::EPERM));
+        }
+        let (src_parent, dst_parent) = (self.node(parent)?, self.node(new_parent)?);
+        let src = self
+            .find(&src_parent, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let dst = self.find(&dst_parent, new_name)?;
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        check(&src, dst.as_ref(), flags)?;
+        if let Some(dst) = &dst {
+            if dst.state.identity == src.state.identity {
+                // Two names of one object: POSIX says rename does nothing.
+                return Ok(());
+            }
+            if !exchange
+                && dst.is_dir()
+                && !readdir::list(&self.stack, &self.table, &dst.state.dirs)?.is_empty()
+            {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+        }
+
+        let src_node = self.table.get(self.table.ino_for(src.state.identity))?;
+        let dst_node = dst
+            .as_ref()
+            .and_then(|dst| self.table.get(self.table.ino_for(dst.state.identity)).ok());
+        let src_dir = self.upper_dir(&src_parent)?;
+        let dst_dir = self.upper_dir(&dst_parent)?;
+        self.copy_up(&src_node, None)?;
+        if exchange {
+            let dst_node = dst_node.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+            self.copy_up(dst_node, None)?;
+            self.exchange(
+                &src_parent,
+                name,
+                &dst_parent,
+                new_name,
+                (&src_node, dst_node),
+            )?;
+            return Ok(());
+        }
+
+        // Lower layers showing the destination name must stay hidden under a
+        // moved directory.
+        if src.is_dir() && self.lower_has(&dst_parent, new_name)? {
+            self.mark_opaque(&src_node)?;
+        }
+        if let Some(dst) = dst
+            .as_ref()
+            .filter(|dst| dst.is_dir() && dst.state.layer == 0)
+        {
+            self.empty_upper_dir(&dst_dir, new_name, dst)?;
+        }
+        let orphan = dst_node
+            .as_ref()
+            .filter(|node| !node.is_dir)
+            .and_then(|_| real::open_path(dst_dir.as_fd(), new_name).ok());
+        let upper = self.upper()?;
+        let dst_whiteout =
+            match whiteout::probe(dst_dir.as_fd(), upper_opacity(&dst_parent), new_name)? {
+                Entry::Whiteout(kind) => Some(kind),
+                _ => None,
+            };
+        let moving = Moving {
+            is_dir: src.is_dir(),
+            dst_whiteout,
+            hide_source: self.lower_has(&src_parent, name)?,
+            no_replace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+        };
+        upper.whiteouts.move_object(
+            &upper.work,
+            (src_dir.as_fd(), name),
+            (dst_dir.as_fd(), new_name),
+            moving,
+        )?;
+        debug!(
+            "renamed {name:?} in node {} to {new_name:?} in node {}",
+            src_parent.ino, dst_parent.ino
+        );
+
+        src_node.move_alias(
+            (src_parent.ino, name),
+            Alias {
+                parent: dst_parent.clone(),
+                name: new_name.to_os_string(),
+            },
+        );
+        if let (Some(node), Some(dst)) = (dst_node, dst) {
+            self.drop_replaced(&node, &dst, dst_parent.ino, new_name, orphan);
+        }
+        Ok(())
+    }
+
+    /// Swaps two names, both already in the upper layer.
+    fn exchange(
+        &self,
+        src_parent: &Arc<Node>,
+        name: &OsStr,
+        dst_parent: &Arc<Node>,
+        new_name: &OsStr,
+        nodes: (&Arc<Node>, &Arc<Node>),
+    ) -> io::Result<()> {
+        let (src_node, dst_node) = nodes;
+        if src_node.is_dir && self.lower_has(dst_parent, new_name)? {
+            self.mark_opaque(src_node)?;
+        }
+        if dst_node.is_dir && self.lower_has(src_parent, name)? {
+            self.mark_opaque(dst_node)?;
+        }
+        let src_dir = self.upper_dir(src_parent)?;
+        let dst_dir = self.upper_dir(dst_parent)?;
+        nix::fcntl::renameat2(
+            src_dir.as_fd(),
+            name,
+            dst_dir.as_fd(),
+            new_name,
+            RenameFlags::RENAME_EXCHANGE,
+        )?;
+        src_node.move_alias(
+            (src_parent.ino, name),
+            Alias {
+                parent: dst_parent.clone(),
+                name: new_name.to_os_string(),
+            },
+        );
+        dst_node.move_alias(
+            (dst_parent.ino, new_name),
+            Alias {
+                parent: src_parent.clone(),
+                name: name.to_os_string(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Marks upper-only directory node `node` opaque.
+    fn mark_opaque(&self, node: &Node) -> io::Result<()> {
+        let dir = upper_dir_of(node).ok_or_else(|| errno(libc::EXDEV))?;
+        self.upper()?.whiteouts.mark_opaque(dir.as_fd())?;
+        node.update_state(|state| {
+            if let Some(top) = state.dirs.first_mut() {
+                top.opacity = Opacity::Opaque;
+            }
+            state.dirs.truncate(1);
+        });
+        Ok(())
+    }
+
+    /// Replaces the upper copy of merged-empty directory `name` with an
+    /// empty opaque one, so a rename onto it finds it empty. Whiteouts inside
+    /// the old copy go with it in the same step.
+    fn empty_upper_dir(&self, parent: &Arc<OwnedFd>, name: &OsStr, dst: &Found) -> io::Result<()> {
+        let Some(top) = dst.state.dirs.first() else {
+            return Ok(());
+        };
+        if crate::copyup::workdir::list_names(top.fd.as_fd())?.is_empty() {
+            return Ok(());
+        }
+        let upper = self.upper()?;
+        let (temp, dir) = upper.work.create_dir()?;
+        let stat = real::stat_fd(top.fd.as_fd())?;
+        let swapped =
+            crate::copyup::meta::apply(crate::copyup::meta::Target::Fd(dir.as_fd()), &stat, &[])
+                .and_then(|()| upper.whiteouts.mark_opaque(dir.as_fd()))
+                .and_then(|()| {
+                    upper.work.install(
+                        &temp,
+                        parent.as_fd(),
+                        name,
+                        crate::copyup::workdir::Install::Exchange,
+                    )
+                });
+        // After the exchange the temporary name holds the old copy.
+        upper.work.discard(&temp);
+        swapped
+    }
+
+    /// Updates the node whose name a rename replaced.
+    fn drop_replaced(
+        &self,
+        node: &Node,
+        dst: &Found,
+        parent: u64,
+        name: &OsStr,
+        orphan: Option<OwnedFd>,
+    ) {
+        if !node.remove_alias(parent, name) {
+            return;
+        }
+        if dst.state.layer == 0 && (dst.is_dir() || dst.stat.st_nlink <= 1) {
+            node.mark_unlinked();
+            self.table.forget_identity(dst.state.identity);
+        }
+        if let Some(fd) = orphan {
+            node.update_state(|state| state.orphan = Some(Arc::new(fd)));
+        }
+    }
+}
+
+/// Checks the flags against what exists and what can move.
+fn check(src: &Found, dst: Option<&Found>, flags: RenameFlags) -> io::Result<()> {
+    let has_lower =
+        |found: &Found| found.is_dir() && found.state.dirs.iter().any(|dir| dir.layer != 0);
+    match dst {
+        Some(_) if flags.contains(RenameFlags::RENAME_NOREPLACE) => {
+            return Err(errno(libc::EEXIST));
+        }
+        None if flags.contains(RenameFlags::RENAME_EXCHANGE) => return Err(errno(libc::ENOENT)),
+        _ => {}
+    }
+    if has_lower(src) {
+        return Err(errno(libc::EXDEV));
+    }
+    match dst {
+        Some(dst) if flags.contains(RenameFlags::RENAME_EXCHANGE) && has_lower(dst) => {
+            Err(errno(libc::EXDEV))
+        }
+        Some(dst) if dst.is_dir() && !src.is_dir() => Err(errno(libc::EISDIR)),
+        Some(dst)
+            if !dst.is_dir() && src.is_dir() && !flags.contains(RenameFlags::RENAME_EXCHANGE) =>
+        {
+            Err(errno(libc::ENOTDIR))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The opacity of directory node's upper directory.
+fn upper_opacity(node: &Node) -> Opacity {
+    upper_dir_state(node).map_or(Opacity::Transparent, |dir| dir.opacity)
+}
+
+fn upper_dir_state(node: &Node) -> Option<crate::inode::LayerDir> {
+    node.state()
+        .dirs
+        .first()
+        .filter(|dir| dir.layer == 0)
+        .cloned()
+}
