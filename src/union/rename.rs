@@ -5,8 +5,9 @@
 //! and a whiteout is left at the source when a lower layer shows that name.
 //! A directory that has entries in a lower layer cannot move without
 //! copying its whole tree, so it answers `EXDEV`, as kernel overlayfs does
-//! without `redirect_dir`; `mv` then copies it. A directory moved onto a
-//! name that lower layers show is marked opaque so they stay hidden.
+//! without `redirect_dir`; `mv` then copies it. A directory moved into a
+//! merged directory is marked opaque, as kernel overlayfs does, so whatever
+//! lower layers hold under its new name stays hidden.
 
 use std::ffi::OsStr;
 use std::io;
@@ -80,9 +81,7 @@ impl Union {
             return Ok(());
         }
 
-        // Lower layers showing the destination name must stay hidden under a
-        // moved directory.
-        if src.is_dir() && self.lower_has(&dst_parent, new_name)? {
+        if src.is_dir() && dst_parent.state().is_merged() {
             self.mark_opaque(&src_node)?;
         }
         if let Some(dst) = dst
@@ -141,10 +140,10 @@ impl Union {
         nodes: (&Arc<Node>, &Arc<Node>),
     ) -> io::Result<()> {
         let (src_node, dst_node) = nodes;
-        if src_node.is_dir && self.lower_has(dst_parent, new_name)? {
+        if src_node.is_dir && dst_parent.state().is_merged() {
             self.mark_opaque(src_node)?;
         }
-        if dst_node.is_dir && self.lower_has(src_parent, name)? {
+        if dst_node.is_dir && src_parent.state().is_merged() {
             self.mark_opaque(dst_node)?;
         }
         let src_dir = self.upper_dir(src_parent)?;
@@ -175,6 +174,9 @@ impl Union {
 
     /// Marks upper-only directory node `node` opaque.
     fn mark_opaque(&self, node: &Node) -> io::Result<()> {
+        if upper_opacity(node) == Opacity::Opaque {
+            return Ok(());
+        }
         let dir = upper_dir_of(node).ok_or_else(|| errno(libc::EXDEV))?;
         self.upper()?.whiteouts.mark_opaque(dir.as_fd())?;
         node.update_state(|state| {

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on real mounts: installs what the tests need,
+# builds, and runs the unit and integration tests. Needs root and /dev/fuse.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "test.sh: the tests mount filesystems and need root; run it with sudo" >&2
+    exit 1
+fi
+
+scripts/deps.sh
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+cargo build --release --locked
+cargo test --release --locked -- "$@"

@@ -1,0 +1,408 @@
+// Shared helpers: each test file uses a different subset of them.
+#![allow(dead_code)]
+
+//! Test fixture: layer stacks in temporary directories, real FUSE mounts of
+//! unionfs, and kernel overlayfs mounts of identical copies as the oracle.
+//!
+//! Every mount is unmounted when its guard drops, also when a test fails.
+
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use tempfile::TempDir;
+
+use crate::snapshot::{self, Tree};
+
+/// Path of the unionfs binary under test.
+pub fn unionfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_unionfs")
+}
+
+/// Runs a command and returns its output; panics with stderr on failure.
+pub fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Which filesystem serves a mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Unionfs,
+    Overlay,
+}
+
+/// A mounted merged view, unmounted on drop.
+pub struct Mount {
+    pub kind: Kind,
+    pub root: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    /// Mounts unionfs with upper layer `upper` (if any) over `lowers`
+    /// (topmost first), passing `extra` as more `-o` options.
+    pub fn unionfs(
+        root: &Path,
+        upper: Option<&Path>,
+        work: Option<&Path>,
+        lowers: &[PathBuf],
+        extra: &[&str],
+    ) -> Mount {
+        std::fs::create_dir_all(root).unwrap();
+        let mut options = vec![format!("lowerdir={}", join(lowers))];
+        if let Some(upper) = upper {
+            options.push(format!("upperdir={}", upper.display()));
+        }
+        if let Some(work) = work {
+            options.push(format!("workdir={}", work.display()));
+        }
+        options.extend(extra.iter().map(|opt| opt.to_string()));
+        run(Command::new(unionfs_bin())
+            .arg("-o")
+            .arg(options.join(","))
+            .arg(root));
+        Mount {
+            kind: Kind::Unionfs,
+            root: root.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Mounts unionfs with the AUFS-style layer list `layers`.
+    pub fn unionfs_layers(root: &Path, layers: &str, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(root).unwrap();
+        let mut command = Command::new(unionfs_bin());
+        command.arg("mount").arg(layers).arg(root);
+        for opt in extra {
+            command.arg("-o").arg(opt);
+        }
+        run(&mut command);
+        Mount {
+            kind: Kind::Unionfs,
+            root: root.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Mounts kernel overlayfs with the same arguments.
+    pub fn overlay(
+        root: &Path,
+        upper: Option<&Path>,
+        work: Option<&Path>,
+        lowers: &[PathBuf],
+    ) -> Mount {
+        std::fs::create_dir_all(root).unwrap();
+        let mut options = format!("lowerdir={}", join(lowers));
+        if let (Some(upper), Some(work)) = (upper, work) {
+            options.push_str(&format!(
+                ",upperdir={},workdir={}",
+                upper.display(),
+                work.display()
+            ));
+        }
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(root));
+        Mount {
+            kind: Kind::Overlay,
+            root: root.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Unmounts now; for unionfs, waits for the daemon to exit.
+    pub fn unmount(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        self.mounted = false;
+        match self.kind {
+            Kind::Unionfs => run(Command::new(unionfs_bin()).arg("umount").arg(&self.root)),
+            Kind::Overlay => run(Command::new("umount").arg(&self.root)),
+        };
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            self.mounted = false;
+            // Lazy, so a failing test never leaves a busy mount behind.
+            let _ = Command::new("umount").arg("-l").arg(&self.root).status();
+        }
+    }
+}
+
+fn join(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string().replace(':', "\\:"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A temporary directory for one test.
+pub struct Scratch {
+    pub dir: TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("unionfs-test-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+}
+
+/// The moment before any layer of a test was built: timestamps older than
+/// this came from the layers, newer ones from the test's operations.
+pub fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// unionfs and kernel overlayfs on identical copies of one layer stack.
+pub struct Pair {
+    pub union: Mount,
+    pub kernel: Mount,
+    scratch: Scratch,
+    lowers: usize,
+    pub started: SystemTime,
+}
+
+impl Pair {
+    /// Builds `lowers` lower layers with `fill(index, path)` (index 0 is the
+    /// topmost lower layer) twice, and mounts each copy writable: one under
+    /// unionfs, one under kernel overlayfs. `upper_fill` prepares the upper
+    /// layers the same way.
+    pub fn new(lowers: usize, fill: impl Fn(usize, &Path)) -> Pair {
+        Pair::with_upper(lowers, fill, |_| {})
+    }
+
+    pub fn with_upper(
+        lowers: usize,
+        fill: impl Fn(usize, &Path),
+        upper_fill: impl Fn(&Path),
+    ) -> Pair {
+        let scratch = Scratch::new();
+        let started = now();
+        let mut mounts = Vec::new();
+        for kind in [Kind::Unionfs, Kind::Overlay] {
+            let side = side_name(kind);
+            let lower_paths: Vec<PathBuf> = (0..lowers)
+                .map(|i| scratch.path(&format!("{side}/lower{i}")))
+                .collect();
+            for (index, path) in lower_paths.iter().enumerate() {
+                fill(index, path);
+            }
+            let upper = scratch.path(&format!("{side}/upper"));
+            upper_fill(&upper);
+            let work = scratch.path(&format!("{side}/work"));
+            let root = scratch.dir.path().join(format!("{side}/merged"));
+            mounts.push(match kind {
+                Kind::Unionfs => {
+                    Mount::unionfs(&root, Some(&upper), Some(&work), &lower_paths, &[])
+                }
+                Kind::Overlay => Mount::overlay(&root, Some(&upper), Some(&work), &lower_paths),
+            });
+        }
+        let kernel = mounts.pop().unwrap();
+        let union = mounts.pop().unwrap();
+        Pair {
+            union,
+            kernel,
+            scratch,
+            lowers,
+            started,
+        }
+    }
+
+    /// Runs `op` on both merged roots; asserts both give the same result and
+    /// returns it.
+    pub fn both<T: PartialEq + Debug>(&self, what: &str, op: impl Fn(&Path) -> T) -> T {
+        let kernel = op(&self.kernel.root);
+        let union = op(&self.union.root);
+        assert_eq!(
+            union, kernel,
+            "{what}: unionfs (left) and kernel overlayfs (right) differ"
+        );
+        union
+    }
+
+    /// Asserts both merged views hold the same tree.
+    pub fn assert_same_view(&self) {
+        let union = snapshot::tree(&self.union.root, self.started);
+        let kernel = snapshot::tree(&self.kernel.root, self.started);
+        snapshot::assert_same(&union, &kernel, "merged view");
+    }
+
+    /// Returns the merged view of unionfs.
+    pub fn union_view(&self) -> Tree {
+        snapshot::tree(&self.union.root, self.started)
+    }
+
+    fn side(&self, kind: Kind, what: &str) -> PathBuf {
+        self.scratch.dir.path().join(side_name(kind)).join(what)
+    }
+
+    pub fn upper(&self, kind: Kind) -> PathBuf {
+        self.side(kind, "upper")
+    }
+
+    pub fn lower(&self, kind: Kind, index: usize) -> PathBuf {
+        self.side(kind, &format!("lower{index}"))
+    }
+
+    /// Checks the merged views, unmounts both, compares the upper layers,
+    /// and mounts unionfs's upper layer under kernel overlayfs to check it
+    /// shows the same merged view.
+    pub fn finish(mut self) {
+        self.assert_same_view();
+        let expected = snapshot::tree(&self.kernel.root, self.started);
+        self.union.unmount();
+        self.kernel.unmount();
+        let union_upper = snapshot::layer(&self.upper(Kind::Unionfs), self.started);
+        let kernel_upper = snapshot::layer(&self.upper(Kind::Overlay), self.started);
+        snapshot::assert_same(&union_upper, &kernel_upper, "upper layer");
+
+        let lowers: Vec<PathBuf> = (0..self.lowers)
+            .map(|i| self.lower(Kind::Unionfs, i))
+            .collect();
+        let work = self.scratch.path("check/work");
+        let root = self.scratch.dir.path().join("check/merged");
+        let upper = self.upper(Kind::Unionfs);
+        let check = Mount::overlay(&root, Some(&upper), Some(&work), &lowers);
+        let remounted = snapshot::tree(&check.root, self.started);
+        snapshot::assert_same(
+            &remounted,
+            &expected,
+            "unionfs's upper layer under kernel overlayfs",
+        );
+    }
+}
+
+fn side_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Unionfs => "unionfs",
+        Kind::Overlay => "overlay",
+    }
+}
+
+/// Waits until `check` holds, up to `timeout`.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}
+
+/// Returns true when `path` is a mountpoint listed in /proc/self/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let path = path.to_string_lossy().replace(' ', "\\040");
+    mounts
+        .lines()
+        .any(|line| line.split(' ').nth(1) == Some(path.as_str()))
+}
+
+/// Returns the errno of an io::Result, or 0 for success, so results of the
+/// two filesystems compare simply.
+pub fn errno<T>(result: std::io::Result<T>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(err) => err.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[allow(dead_code)]
+pub fn name(text: &str) -> &OsStr {
+    OsStr::new(text)
+}
+
+/// Writes `content` to `root/relative`, creating parent directories.
+pub fn write(root: &Path, relative: &str, content: &str) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+/// Creates directory `root/relative` and its parents.
+pub fn mkdir(root: &Path, relative: &str) {
+    std::fs::create_dir_all(root.join(relative)).unwrap();
+}
+
+/// Creates symlink `root/relative` pointing at `target`.
+pub fn symlink(root: &Path, relative: &str, target: &str) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, path).unwrap();
+}
+
+/// Creates an overlay whiteout (a 0/0 character device) at `root/relative`.
+pub fn whiteout(root: &Path, relative: &str) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    nix::sys::stat::mknod(
+        &path,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        0,
+    )
+    .unwrap();
+}
+
+/// Marks directory `root/relative` opaque with `trusted.overlay.opaque=y`.
+pub fn opaque(root: &Path, relative: &str) {
+    let path = root.join(relative);
+    std::fs::create_dir_all(&path).unwrap();
+    xattr::set(&path, "trusted.overlay.opaque", b"y").unwrap();
+}
+
+/// The timestamp layers are given, so that times kept through copy-up
+/// compare exactly.
+pub const LAYER_TIME: i64 = 1_577_836_800; // 2020-01-01T00:00:00Z
+
+/// Sets atime and mtime of everything under `root` (itself included) to
+/// [`LAYER_TIME`] plus a few nanoseconds, without following symlinks.
+pub fn age(root: &Path) {
+    let time = nix::sys::time::TimeSpec::new(LAYER_TIME, 123_456_789);
+    let mut paths: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .collect();
+    // Children first, so setting a directory's time is the last change to it.
+    paths.reverse();
+    for path in paths {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &time,
+            &time,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap_or_else(|err| panic!("cannot set times of {}: {err}", path.display()));
+    }
+}

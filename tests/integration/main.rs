@@ -1,0 +1,9 @@
+//! Integration tests on real mounts: unionfs over FUSE, with kernel
+//! overlayfs on identical copies of each layer stack as the oracle.
+//! They need root, `/dev/fuse` and the overlay filesystem.
+
+mod fixture;
+mod snapshot;
+
+mod basics;
+mod demo;
