@@ -5,5 +5,14 @@
 mod fixture;
 mod snapshot;
 
+mod aufs;
 mod basics;
+mod cli;
+mod copyup;
 mod demo;
+mod fileio;
+mod inodes;
+mod lifecycle;
+mod names;
+mod rootfs;
+mod safety;
