@@ -19,7 +19,7 @@ use fuser::{
 };
 use log::{debug, error};
 
-use crate::union::{Caller, NewKind, NewObject, SetAttr, Union};
+use crate::union::{Caller, NewKind, NewObject, Opened, SetAttr, Union};
 
 /// How long the kernel may cache names and attributes. Every change to the
 /// layers is expected to come through this mount, which keeps the kernel's
@@ -27,7 +27,7 @@ use crate::union::{Caller, NewKind, NewObject, SetAttr, Union};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 
 /// Capabilities asked of the kernel at init, each granted only if supported.
-const WANTED: [InitFlags; 5] = [
+const WANTED: [InitFlags; 6] = [
     // Apply the umask here, so a default ACL on the parent can replace it.
     InitFlags::FUSE_DONT_MASK,
     // Pass O_TRUNC to open, so a truncating open copies up no data.
@@ -35,6 +35,8 @@ const WANTED: [InitFlags; 5] = [
     InitFlags::FUSE_PARALLEL_DIROPS,
     InitFlags::FUSE_CACHE_SYMLINKS,
     InitFlags::FUSE_BIG_WRITES,
+    // Keep shared mmap working on files opened with direct I/O.
+    InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
 ];
 
 /// The union served over FUSE.
@@ -89,9 +91,18 @@ fn caller(req: &Request) -> Caller {
 }
 
 impl UnionFs {
+    /// Returns how long the kernel may cache node `ino`'s name and
+    /// attributes: not at all for a node whose names may split apart.
+    fn ttl(&self, ino: INodeNo) -> Duration {
+        match self.union.node(ino.0) {
+            Ok(node) if self.union.is_volatile(&node) => Duration::ZERO,
+            _ => self.ttl,
+        }
+    }
+
     fn reply_entry(&self, op: &str, reply: ReplyEntry, result: io::Result<fuser::FileAttr>) {
         match result {
-            Ok(attr) => reply.entry(&self.ttl, &attr, Generation(0)),
+            Ok(attr) => reply.entry(&self.ttl(attr.ino), &attr, Generation(0)),
             Err(err) => reply.error(errno_of(op, &err)),
         }
     }
@@ -105,7 +116,7 @@ impl UnionFs {
 
     fn reply_attr(&self, op: &str, reply: ReplyAttr, result: io::Result<fuser::FileAttr>) {
         match result {
-            Ok(attr) => reply.attr(&self.ttl, &attr),
+            Ok(attr) => reply.attr(&self.ttl(attr.ino), &attr),
             Err(err) => reply.error(errno_of(op, &err)),
         }
     }
@@ -149,9 +160,12 @@ impl Filesystem for UnionFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guard("lookup", reply, |reply| {
-            let result = self.union.lookup(parent.0, name).map(|(_, attr)| attr);
+            let result = self
+                .union
+                .lookup(parent.0, name, req.pid())
+                .map(|(_, attr)| attr);
             self.reply_entry("lookup", reply, result);
         });
     }
@@ -168,7 +182,7 @@ impl Filesystem for UnionFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -192,6 +206,7 @@ impl Filesystem for UnionFs {
             atime: time_or_now(atime),
             mtime,
             fh: fh.map(|fh| fh.0),
+            tid: req.pid(),
         };
         guard("setattr", reply, |reply| {
             self.reply_attr("setattr", reply, self.union.setattr(ino.0, &set))
@@ -313,10 +328,10 @@ impl Filesystem for UnionFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", reply, |reply| {
-            match self.union.open(ino.0, flags.0) {
-                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(opened.keep_cache)),
+            match self.union.open(ino.0, flags.0, req.pid()) {
+                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
                 Err(err) => reply.error(errno_of("open", &err)),
             }
         });
@@ -474,7 +489,7 @@ impl Filesystem for UnionFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -486,7 +501,7 @@ impl Filesystem for UnionFs {
             Self::reply_empty(
                 "setxattr",
                 reply,
-                self.union.setxattr(ino.0, name, value, flags),
+                self.union.setxattr(ino.0, name, value, flags, req.pid()),
             );
         });
     }
@@ -503,9 +518,13 @@ impl Filesystem for UnionFs {
         });
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         guard("removexattr", reply, |reply| {
-            Self::reply_empty("removexattr", reply, self.union.removexattr(ino.0, name));
+            Self::reply_empty(
+                "removexattr",
+                reply,
+                self.union.removexattr(ino.0, name, req.pid()),
+            );
         });
     }
 
@@ -535,7 +554,7 @@ impl Filesystem for UnionFs {
                         &attr,
                         Generation(0),
                         FileHandle(opened.fh),
-                        fopen_flags(opened.keep_cache),
+                        fopen_flags(&opened),
                     );
                 }
                 Err(err) => reply.error(errno_of("create", &err)),
@@ -580,10 +599,13 @@ impl Filesystem for UnionFs {
     }
 }
 
-fn fopen_flags(keep_cache: bool) -> FopenFlags {
-    if keep_cache {
-        FopenFlags::FOPEN_KEEP_CACHE
-    } else {
-        FopenFlags::empty()
+fn fopen_flags(opened: &Opened) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
+    if opened.keep_cache {
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
     }
+    if opened.direct_io {
+        flags |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    flags
 }

@@ -17,7 +17,7 @@
 //! 1. `Node::copy_up` of one node at a time (parents are copied up before
 //!    the child's lock is taken, never while holding it);
 //! 2. `Node::state`;
-//! 3. `Node::aliases`;
+//! 3. `Node::aliases`, then `Node::hints`;
 //! 4. the shard locks inside the table's maps, held only for the map call.
 
 use std::ffi::{OsStr, OsString};
@@ -68,6 +68,8 @@ pub struct RealState {
     pub layer: usize,
     /// The real object's identity in that layer.
     pub identity: Identity,
+    /// The real object's link count when it was found.
+    pub nlink: u64,
     /// For a directory, every layer directory merged into it, topmost first,
     /// ending at an opaque one.
     pub dirs: Vec<LayerDir>,
@@ -80,6 +82,13 @@ impl RealState {
     pub fn is_merged(&self) -> bool {
         self.dirs.len() > 1
     }
+
+    /// Returns true for a non-directory in a lower layer with more than one
+    /// name there. Copying up one name breaks the link, as kernel overlayfs
+    /// does without its index, so the names stop being one node.
+    pub fn is_shared_lower(&self) -> bool {
+        self.layer != 0 && self.dirs.is_empty() && self.nlink > 1
+    }
 }
 
 /// A node of the merged view.
@@ -89,6 +98,9 @@ pub struct Node {
     pub is_dir: bool,
     state: RwLock<RealState>,
     aliases: RwLock<Vec<Alias>>,
+    /// The name each recent requesting thread looked the node up by, for a
+    /// node with several lower names (see [`RealState::is_shared_lower`]).
+    hints: Mutex<Vec<(u32, Alias)>>,
     /// Serialises copy-up of this node; holders re-check the state.
     pub copy_up: Mutex<()>,
     /// Incremented when the object moves to another layer, so open handles
@@ -106,6 +118,7 @@ impl Node {
             is_dir,
             state: RwLock::new(state),
             aliases: RwLock::new(alias.into_iter().collect()),
+            hints: Mutex::new(Vec::new()),
             copy_up: Mutex::new(()),
             epoch: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
@@ -178,6 +191,35 @@ impl Node {
         let mut aliases = self.aliases.write();
         aliases.retain(|alias| !(alias.parent.ino == from.0 && alias.name == from.1));
         aliases.insert(0, to);
+    }
+
+    /// Records that thread `tid` just looked the node up by `alias`.
+    pub fn hint(&self, tid: u32, alias: Alias) {
+        const KEPT: usize = 32;
+        let mut hints = self.hints.lock();
+        hints.retain(|(other, _)| *other != tid);
+        if hints.len() == KEPT {
+            hints.remove(0);
+        }
+        hints.push((tid, alias));
+    }
+
+    /// Returns the name thread `tid` last looked the node up by, if it is
+    /// still one of the node's names.
+    pub fn hinted(&self, tid: u32) -> Option<Alias> {
+        let hint = self
+            .hints
+            .lock()
+            .iter()
+            .rev()
+            .find(|(other, _)| *other == tid)
+            .map(|(_, alias)| alias.clone())?;
+        let known = self
+            .aliases
+            .read()
+            .iter()
+            .any(|alias| alias.parent.ino == hint.parent.ino && alias.name == hint.name);
+        known.then_some(hint)
     }
 
     /// Marks the real object as gone from every layer.

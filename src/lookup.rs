@@ -47,6 +47,7 @@ pub fn resolve(stack: &LayerStack, dirs: &[LayerDir], name: &OsStr) -> io::Resul
             let state = RealState {
                 layer: dir.layer,
                 identity,
+                nlink: stat.st_nlink,
                 dirs: Vec::new(),
                 orphan: None,
             };
@@ -114,6 +115,7 @@ pub fn root_state(stack: &LayerStack) -> io::Result<(RealState, FileStat)> {
     let state = RealState {
         layer: 0,
         identity: identity(stack, 0, &stat),
+        nlink: stat.st_nlink,
         dirs,
         orphan: None,
     };

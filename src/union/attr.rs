@@ -30,6 +30,8 @@ pub struct SetAttr {
     pub mtime: Option<TimeOrNow>,
     /// The open file the request came through, if any.
     pub fh: Option<u64>,
+    /// The requesting thread.
+    pub tid: u32,
 }
 
 impl Union {
@@ -37,8 +39,7 @@ impl Union {
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> io::Result<FileAttr> {
         let node = self.node(ino)?;
         // A truncate copies only the data that survives it.
-        self.copy_up(&node, set.size)?;
-        let place = self.locate(&node)?.1;
+        let place = self.copy_up_for_change(&node, set.tid, set.size)?;
 
         if let Some(size) = set.size {
             self.truncate(&place, set.fh, size)?;
@@ -52,7 +53,16 @@ impl Union {
         if set.atime.is_some() || set.mtime.is_some() {
             set_times(&place, set.atime, set.mtime)?;
         }
-        self.getattr(ino)
+        match place {
+            Place::Entry { parent, name } if node.state().layer != 0 => {
+                // A split name: the node still shows the other names.
+                let stat =
+                    real::stat_at(parent.as_fd(), &name)?.ok_or_else(|| errno(libc::ENOENT))?;
+                let identity = crate::lookup::identity(&self.stack, 0, &stat);
+                Ok(super::attr_of(self.table.ino_for(identity), &stat, false))
+            }
+            _ => self.getattr(ino),
+        }
     }
 
     fn truncate(&self, place: &Place, fh: Option<u64>, size: u64) -> io::Result<()> {
@@ -95,18 +105,25 @@ impl Union {
         Ok(list)
     }
 
-    /// Sets xattr `name` of node `ino`.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    /// Sets xattr `name` of node `ino` for thread `tid`.
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        tid: u32,
+    ) -> io::Result<()> {
         if whiteout::is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
         let node = self.node(ino)?;
-        self.copy_up(&node, None)?;
-        xattr::set(self.xattr_target(ino)?.as_fd(), name, value, flags)
+        let place = self.copy_up_for_change(&node, tid, None)?;
+        xattr::set(xattr_target(place)?.as_fd(), name, value, flags)
     }
 
-    /// Removes xattr `name` of node `ino`.
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> io::Result<()> {
+    /// Removes xattr `name` of node `ino` for thread `tid`.
+    pub fn removexattr(&self, ino: u64, name: &OsStr, tid: u32) -> io::Result<()> {
         if whiteout::is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
@@ -114,20 +131,24 @@ impl Union {
         if self.getxattr(ino, name).is_err() {
             return Err(errno(libc::ENODATA));
         }
-        self.copy_up(&node, None)?;
-        xattr::remove(self.xattr_target(ino)?.as_fd(), name)
+        let place = self.copy_up_for_change(&node, tid, None)?;
+        xattr::remove(xattr_target(place)?.as_fd(), name)
     }
 
     /// Opens an fd through which node's xattrs can be read and written.
     fn xattr_target(&self, ino: u64) -> io::Result<XattrTarget> {
         let node = self.node(ino)?;
-        Ok(match self.locate(&node)?.1 {
-            Place::Dir(fd) | Place::Orphan(fd) => XattrTarget::Shared(fd),
-            Place::Entry { parent, name } => {
-                XattrTarget::Owned(real::open_path(parent.as_fd(), &name)?)
-            }
-        })
+        xattr_target(self.locate(&node)?.1)
     }
+}
+
+fn xattr_target(place: Place) -> io::Result<XattrTarget> {
+    Ok(match place {
+        Place::Dir(fd) | Place::Orphan(fd) => XattrTarget::Shared(fd),
+        Place::Entry { parent, name } => {
+            XattrTarget::Owned(real::open_path(parent.as_fd(), &name)?)
+        }
+    })
 }
 
 enum XattrTarget {

@@ -112,6 +112,7 @@ impl Union {
         let state = RealState {
             layer: 0,
             identity,
+            nlink: stat.st_nlink,
             dirs,
             orphan: None,
         };
@@ -217,8 +218,7 @@ impl Union {
             umask: 0,
         };
         let slot = self.slot(caller, &parent, name, &new)?;
-        self.copy_up(&node, None)?;
-        let (state, place) = self.locate(&node)?;
+        let place = self.copy_up_for_change(&node, caller.pid, None)?;
         let super::Place::Entry {
             parent: src_dir,
             name: src_name,
@@ -255,6 +255,13 @@ impl Union {
         let alias = Alias {
             parent: parent.clone(),
             name: name.to_os_string(),
+        };
+        let state = RealState {
+            layer: 0,
+            identity: lookup::identity(&self.stack, 0, &stat),
+            nlink: stat.st_nlink,
+            dirs: Vec::new(),
+            orphan: None,
         };
         let node = self.table.look_up(state, false, alias);
         Ok((node.clone(), attr_of(node.ino, &stat, false)))

@@ -17,7 +17,7 @@ use nix::fcntl::{FallocateFlags, OFlag};
 use nix::unistd::Whence;
 
 use super::create::{Caller, NewKind, NewObject, real_open_flags};
-use super::{Place, Union, errno};
+use super::{Copied, Place, Union, Which, errno};
 use crate::handle::FileHandle;
 use crate::inode::Node;
 use crate::readdir::DirEntry;
@@ -28,29 +28,39 @@ pub struct Opened {
     pub fh: u64,
     /// The real file's data may stay in the kernel's page cache.
     pub keep_cache: bool,
+    /// Reads and writes must bypass the kernel's page cache, because the
+    /// kernel inode also stands for another object (a split hard link).
+    pub direct_io: bool,
 }
 
 impl Union {
-    /// Opens regular file node `ino` with open(2) `flags`.
-    pub fn open(&self, ino: u64, flags: i32) -> io::Result<Opened> {
+    /// Opens regular file node `ino` with open(2) `flags` for thread `tid`.
+    pub fn open(&self, ino: u64, flags: i32, tid: u32) -> io::Result<Opened> {
         let node = self.node(ino)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let mut split = None;
         if writes {
             let keep = if flags & libc::O_TRUNC != 0 {
                 Some(0)
             } else {
                 None
             };
-            self.copy_up(&node, keep)?;
+            if let Copied::Split(place) = self.copy_up_as(&node, Which::Thread(tid), keep)? {
+                split = Some(place);
+            }
         }
         let epoch = node.epoch();
-        let file = self.open_real(&node, real_open_flags(flags))?;
-        let fh = self
-            .handles
-            .insert_file(FileHandle::new(node, file, flags, epoch));
+        let direct_io = split.is_some();
+        let file = match split {
+            Some(place) => open_place(&place, real_open_flags(flags))?,
+            None => self.open_real(&node, real_open_flags(flags))?,
+        };
+        let handle = FileHandle::new(node, file, flags, epoch);
+        let fh = self.handles.insert_file(handle);
         Ok(Opened {
             fh,
-            keep_cache: true,
+            keep_cache: !direct_io,
+            direct_io,
         })
     }
 
@@ -81,18 +91,13 @@ impl Union {
             Opened {
                 fh,
                 keep_cache: true,
+                direct_io: false,
             },
         ))
     }
 
     fn open_real(&self, node: &Node, flags: i32) -> io::Result<File> {
-        let flags = OFlag::from_bits_truncate(flags);
-        let fd = match self.locate(node)?.1 {
-            Place::Entry { parent, name } => real::open_at(parent.as_fd(), &name, flags, 0)?,
-            Place::Orphan(fd) => real::reopen(fd.as_fd(), flags)?,
-            Place::Dir(_) => return Err(errno(libc::EISDIR)),
-        };
-        Ok(File::from(fd))
+        open_place(&self.locate(node)?.1, flags)
     }
 
     /// Returns handle `fh`'s real file, reopening it if the node was copied
@@ -204,4 +209,15 @@ impl Union {
             None => Ok(()),
         }
     }
+}
+
+/// Opens the real file at `place` with open(2) `flags`.
+fn open_place(place: &Place, flags: i32) -> io::Result<File> {
+    let flags = OFlag::from_bits_truncate(flags);
+    let fd = match place {
+        Place::Entry { parent, name } => real::open_at(parent.as_fd(), name, flags, 0)?,
+        Place::Orphan(fd) => real::reopen(fd.as_fd(), flags)?,
+        Place::Dir(_) => return Err(errno(libc::EISDIR)),
+    };
+    Ok(File::from(fd))
 }

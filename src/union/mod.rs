@@ -85,14 +85,27 @@ impl Union {
         self.table.get(ino)
     }
 
-    /// Looks up `name` in directory `parent`; the kernel then holds one more
-    /// reference to the returned node.
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> stdio::Result<(Arc<Node>, FileAttr)> {
+    /// Looks up `name` in directory `parent` for thread `tid`; the kernel
+    /// then holds one more reference to the returned node.
+    pub fn lookup(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        tid: u32,
+    ) -> stdio::Result<(Arc<Node>, FileAttr)> {
         let parent = self.node(parent)?;
         let found = self
             .find(&parent, name)?
             .ok_or_else(|| errno(libc::ENOENT))?;
-        Ok(self.adopt(&parent, name, found))
+        let (node, attr) = self.adopt(&parent, name, found);
+        if self.is_volatile(&node) {
+            let alias = Alias {
+                parent,
+                name: name.to_os_string(),
+            };
+            node.hint(tid, alias);
+        }
+        Ok((node, attr))
     }
 
     /// Registers a found object as a node under `parent`/`name`.
@@ -217,23 +230,51 @@ impl Union {
         upper_dir_of(node).ok_or_else(|| errno(libc::EIO))
     }
 
+    /// Copies node up unless it is already in the upper layer, choosing the
+    /// node's primary name. See [`Union::copy_up_as`].
+    fn copy_up(&self, node: &Arc<Node>, data_len: Option<u64>) -> stdio::Result<Copied> {
+        self.copy_up_as(node, Which::Primary, data_len)
+    }
+
     /// Copies node up unless it is already in the upper layer. `data_len`
     /// limits how much of a regular file's data is copied (`None`: all).
-    fn copy_up(&self, node: &Arc<Node>, data_len: Option<u64>) -> stdio::Result<()> {
+    ///
+    /// A node with several names in a lower layer is split rather than
+    /// moved: only the name `which` selects gets an upper copy, and the node
+    /// keeps showing the lower object under its other names, as kernel
+    /// overlayfs breaks such links without its index.
+    fn copy_up_as(
+        &self,
+        node: &Arc<Node>,
+        which: Which,
+        data_len: Option<u64>,
+    ) -> stdio::Result<Copied> {
         let upper = self.upper()?;
         if node.state().layer == 0 {
-            return Ok(());
+            return Ok(Copied::InPlace);
         }
-        let alias = node.alias().ok_or_else(|| errno(libc::ESTALE))?;
+        let alias = match which {
+            Which::Named(alias) => alias,
+            Which::Thread(tid) => node
+                .hinted(tid)
+                .or_else(|| node.alias())
+                .ok_or_else(|| errno(libc::ESTALE))?,
+            Which::Primary => node.alias().ok_or_else(|| errno(libc::ESTALE))?,
+        };
         // The parent first, without holding this node's lock (lock order).
         let dst_parent = self.upper_dir(&alias.parent)?;
 
         let _guard = node.copy_up.lock();
-        let (state, stat) = self.stat_node(node)?;
+        let state = node.snapshot();
         if state.layer == 0 {
-            return Ok(());
+            return Ok(Copied::InPlace);
         }
         let src_parent = dir_in_layer(&alias.parent, state.layer)?;
+        let stat = match &state.dirs.first() {
+            Some(dir) => real::stat_fd(dir.fd.as_fd())?,
+            None => real::stat_at(src_parent.as_fd(), &alias.name)?
+                .ok_or_else(|| errno(libc::ENOENT))?,
+        };
         let job = CopyUp {
             upper,
             src_parent: src_parent.as_fd(),
@@ -243,27 +284,60 @@ impl Union {
             stat,
         };
         let copied = job.run()?;
+
+        if state.is_shared_lower() {
+            node.remove_alias(alias.parent.ino, &alias.name);
+            debug!(
+                "node {}: name {:?} split off into the upper layer",
+                node.ino, alias.name
+            );
+            return Ok(Copied::Split(Place::Entry {
+                parent: dst_parent,
+                name: alias.name,
+            }));
+        }
         let identity = lookup::identity(&self.stack, 0, &copied.stat);
         let mut dirs = state.dirs.clone();
         if let Some(dir) = copied.dir {
-            dirs.insert(
-                0,
-                LayerDir {
-                    layer: 0,
-                    fd: Arc::new(dir),
-                    opacity: whiteout::Opacity::Transparent,
-                },
-            );
+            let top = LayerDir {
+                layer: 0,
+                fd: Arc::new(dir),
+                opacity: whiteout::Opacity::Transparent,
+            };
+            dirs.insert(0, top);
         }
         self.table.record_origin(identity, node.ino);
+        let nlink = copied.stat.st_nlink;
         node.set_state(RealState {
             layer: 0,
             identity,
+            nlink,
             dirs,
             orphan: None,
         });
         debug!("node {} copied up from layer {}", node.ino, state.layer);
-        Ok(())
+        Ok(Copied::InPlace)
+    }
+
+    /// Copies node up for a change requested by thread `tid` and returns
+    /// where the changed object now is.
+    fn copy_up_for_change(
+        &self,
+        node: &Arc<Node>,
+        tid: u32,
+        data_len: Option<u64>,
+    ) -> stdio::Result<Place> {
+        match self.copy_up_as(node, Which::Thread(tid), data_len)? {
+            Copied::Split(place) => Ok(place),
+            Copied::InPlace => Ok(self.locate(node)?.1),
+        }
+    }
+
+    /// Returns true when the kernel must not cache node's name or
+    /// attributes: its names may split apart at the next copy-up, and a
+    /// fresh lookup of each name is what tells them apart.
+    pub fn is_volatile(&self, node: &Node) -> bool {
+        self.stack.upper().is_some() && node.state().is_shared_lower()
     }
 
     /// Returns true when some layer below the upper one shows `name` in
@@ -277,6 +351,25 @@ impl Union {
             .collect::<Vec<_>>();
         Ok(lookup::resolve(&self.stack, &lower, name)?.is_some())
     }
+}
+
+/// Which name of a node a copy-up gives an upper copy.
+pub(crate) enum Which {
+    /// The node's first known name.
+    Primary,
+    /// The name a requesting thread last looked the node up by.
+    Thread(u32),
+    /// This name.
+    Named(Alias),
+}
+
+/// The outcome of a copy-up.
+pub(crate) enum Copied {
+    /// The node itself now lives in the upper layer.
+    InPlace,
+    /// One name of a node with several lower names got its own upper copy,
+    /// here; the node still shows the lower object.
+    Split(Place),
 }
 
 /// Returns the fd of directory node `node` in layer `layer`.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use log::debug;
 use nix::fcntl::RenameFlags;
 
-use super::{Union, errno, readdir, upper_dir_of};
+use super::{Copied, Union, Which, errno, readdir, upper_dir_of};
 use crate::inode::{Alias, Node};
 use crate::lookup::Found;
 use crate::real;
@@ -67,16 +67,17 @@ impl Union {
             .and_then(|dst| self.table.get(self.table.ino_for(dst.state.identity)).ok());
         let src_dir = self.upper_dir(&src_parent)?;
         let dst_dir = self.upper_dir(&dst_parent)?;
-        self.copy_up(&src_node, None)?;
+        let split = self.copy_up_name(&src_node, &src_parent, name)?;
         if exchange {
             let dst_node = dst_node.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
-            self.copy_up(dst_node, None)?;
+            let dst_split = self.copy_up_name(dst_node, &dst_parent, new_name)?;
             self.exchange(
                 &src_parent,
                 name,
                 &dst_parent,
                 new_name,
                 (&src_node, dst_node),
+                (split, dst_split),
             )?;
             return Ok(());
         }
@@ -117,20 +118,22 @@ impl Union {
             src_parent.ino, dst_parent.ino
         );
 
-        src_node.move_alias(
-            (src_parent.ino, name),
-            Alias {
+        if !split {
+            let alias = Alias {
                 parent: dst_parent.clone(),
                 name: new_name.to_os_string(),
-            },
-        );
+            };
+            src_node.move_alias((src_parent.ino, name), alias);
+        }
         if let (Some(node), Some(dst)) = (dst_node, dst) {
             self.drop_replaced(&node, &dst, dst_parent.ino, new_name, orphan);
         }
         Ok(())
     }
 
-    /// Swaps two names, both already in the upper layer.
+    /// Swaps two names, both already in the upper layer. `split` says which
+    /// name was split off a node with several lower names: that node keeps
+    /// its other names and moves nowhere.
     fn exchange(
         &self,
         src_parent: &Arc<Node>,
@@ -138,6 +141,7 @@ impl Union {
         dst_parent: &Arc<Node>,
         new_name: &OsStr,
         nodes: (&Arc<Node>, &Arc<Node>),
+        split: (bool, bool),
     ) -> io::Result<()> {
         let (src_node, dst_node) = nodes;
         if src_node.is_dir && dst_parent.state().is_merged() {
@@ -155,21 +159,34 @@ impl Union {
             new_name,
             RenameFlags::RENAME_EXCHANGE,
         )?;
-        src_node.move_alias(
-            (src_parent.ino, name),
-            Alias {
+        if !split.0 {
+            let alias = Alias {
                 parent: dst_parent.clone(),
                 name: new_name.to_os_string(),
-            },
-        );
-        dst_node.move_alias(
-            (dst_parent.ino, new_name),
-            Alias {
+            };
+            src_node.move_alias((src_parent.ino, name), alias);
+        }
+        if !split.1 {
+            let alias = Alias {
                 parent: src_parent.clone(),
                 name: name.to_os_string(),
-            },
-        );
+            };
+            dst_node.move_alias((dst_parent.ino, new_name), alias);
+        }
         Ok(())
+    }
+
+    /// Copies up node under the name `name` in `parent`; returns true when
+    /// that name was split off a node with several lower names.
+    fn copy_up_name(&self, node: &Arc<Node>, parent: &Arc<Node>, name: &OsStr) -> io::Result<bool> {
+        let alias = Alias {
+            parent: parent.clone(),
+            name: name.to_os_string(),
+        };
+        Ok(matches!(
+            self.copy_up_as(node, Which::Named(alias), None)?,
+            Copied::Split(_)
+        ))
     }
 
     /// Marks upper-only directory node `node` opaque.
