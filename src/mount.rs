@@ -122,6 +122,7 @@ fn serve(stack: LayerStack, request: &MountRequest, report: &mut Option<File>) -
     } else {
         SessionACL::Owner
     };
+    let notifier = union.notifier_slot();
     let session = match Session::from_fd(
         UnionFs::new(union, DEFAULT_TTL),
         OwnedFd::from(fuse),
@@ -134,6 +135,7 @@ fn serve(stack: LayerStack, request: &MountRequest, report: &mut Option<File>) -
             return Err(err).context("the FUSE handshake with the kernel failed");
         }
     };
+    let _ = notifier.set(session.notifier());
     let pid_file = PidFile::create(&mountpoint);
     info!("mounted {} on {}", options.fsname, mountpoint.display());
     if let Some(mut report) = report.take() {

@@ -16,7 +16,7 @@ mod rename;
 use std::ffi::OsStr;
 use std::io as stdio;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::FileAttr;
@@ -40,6 +40,9 @@ pub struct Union {
     stack: LayerStack,
     table: InodeTable,
     handles: HandleTable,
+    /// Tells the kernel about changes it cannot see; set once the FUSE
+    /// session exists.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 /// Where a node's real object can be reached.
@@ -67,7 +70,24 @@ impl Union {
             table: InodeTable::new(root),
             handles: HandleTable::default(),
             stack,
+            notifier: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Returns the slot to put the session's notifier in once it exists.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Makes the kernel drop its cached attributes of node `ino`, after its
+    /// real object changed in a way no reply told the kernel about.
+    fn invalidate_attrs(&self, ino: u64) {
+        if let Some(notifier) = self.notifier.get() {
+            // Offset -1 leaves the page cache alone, so no page lock is taken.
+            if let Err(err) = notifier.inval_inode(fuser::INodeNo(ino), -1, 0) {
+                debug!("cannot invalidate cached attributes of node {ino}: {err}");
+            }
+        }
     }
 
     /// Returns the layer stack.
@@ -284,6 +304,8 @@ impl Union {
             stat,
         };
         let copied = job.run()?;
+        // Installing the copy changed the parent's change time.
+        self.invalidate_attrs(alias.parent.ino);
 
         if state.is_shared_lower() {
             node.remove_alias(alias.parent.ino, &alias.name);
@@ -315,6 +337,9 @@ impl Union {
             dirs,
             orphan: None,
         });
+        // The upper copy has its own change time and, for a directory, a
+        // merged link count: the kernel's cached attributes are stale.
+        self.invalidate_attrs(node.ino);
         debug!("node {} copied up from layer {}", node.ino, state.layer);
         Ok(Copied::InPlace)
     }

@@ -185,45 +185,106 @@ pub struct Pair {
     pub union: Mount,
     pub kernel: Mount,
     scratch: Scratch,
-    lowers: usize,
+    /// The lower layers under unionfs, topmost first.
+    union_lowers: Vec<PathBuf>,
     pub started: SystemTime,
+}
+
+/// How to build a [`Pair`].
+pub struct Setup<'a> {
+    /// Number of lower layers to build.
+    pub lowers: usize,
+    /// Fills lower layer `index` (0 is the topmost lower layer) of one side.
+    pub fill: &'a dyn Fn(Kind, usize, &Path),
+    /// Fills the upper layer of one side before mounting.
+    pub upper_fill: &'a dyn Fn(&Path),
+    /// Existing read-only layers placed under the built ones on both sides.
+    pub shared_lowers: Vec<PathBuf>,
+    /// More `-o` options for unionfs.
+    pub union_options: &'a [&'a str],
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup {
+            lowers: 0,
+            fill: &|_, _, _| {},
+            upper_fill: &|_| {},
+            shared_lowers: Vec::new(),
+            union_options: &[],
+        }
+    }
 }
 
 impl Pair {
     /// Builds `lowers` lower layers with `fill(index, path)` (index 0 is the
     /// topmost lower layer) twice, and mounts each copy writable: one under
-    /// unionfs, one under kernel overlayfs. `upper_fill` prepares the upper
-    /// layers the same way.
+    /// unionfs, one under kernel overlayfs.
     pub fn new(lowers: usize, fill: impl Fn(usize, &Path)) -> Pair {
-        Pair::with_upper(lowers, fill, |_| {})
+        Pair::build(Setup {
+            lowers,
+            fill: &|_, index, path| fill(index, path),
+            ..Setup::default()
+        })
     }
 
+    /// Like [`Pair::new`], also filling both upper layers with `upper_fill`.
     pub fn with_upper(
         lowers: usize,
         fill: impl Fn(usize, &Path),
         upper_fill: impl Fn(&Path),
     ) -> Pair {
+        Pair::build(Setup {
+            lowers,
+            fill: &|_, index, path| fill(index, path),
+            upper_fill: &upper_fill,
+            ..Setup::default()
+        })
+    }
+
+    /// Mounts both sides over the same existing read-only `lowers`.
+    pub fn over(lowers: &[PathBuf]) -> Pair {
+        Pair::build(Setup {
+            shared_lowers: lowers.to_vec(),
+            ..Setup::default()
+        })
+    }
+
+    /// Builds and mounts both sides as `setup` says.
+    pub fn build(setup: Setup<'_>) -> Pair {
         let scratch = Scratch::new();
         let started = now();
         let mut mounts = Vec::new();
+        let mut union_lowers = Vec::new();
         for kind in [Kind::Unionfs, Kind::Overlay] {
             let side = side_name(kind);
-            let lower_paths: Vec<PathBuf> = (0..lowers)
+            let mut lower_paths: Vec<PathBuf> = (0..setup.lowers)
                 .map(|i| scratch.path(&format!("{side}/lower{i}")))
                 .collect();
             for (index, path) in lower_paths.iter().enumerate() {
-                fill(index, path);
+                (setup.fill)(kind, index, path);
             }
+            lower_paths.extend(setup.shared_lowers.iter().cloned());
             let upper = scratch.path(&format!("{side}/upper"));
-            upper_fill(&upper);
+            (setup.upper_fill)(&upper);
             let work = scratch.path(&format!("{side}/work"));
             let root = scratch.dir.path().join(format!("{side}/merged"));
             mounts.push(match kind {
                 Kind::Unionfs => {
-                    Mount::unionfs(&root, Some(&upper), Some(&work), &lower_paths, &[])
+                    // Kernel overlayfs allows devices and setuid by default;
+                    // unionfs, like FUSE, needs them asked for.
+                    let options: Vec<&str> = ["dev", "suid"]
+                        .iter()
+                        .chain(setup.union_options)
+                        .copied()
+                        .collect();
+                    Mount::unionfs(&root, Some(&upper), Some(&work), &lower_paths, &options)
                 }
                 Kind::Overlay => Mount::overlay(&root, Some(&upper), Some(&work), &lower_paths),
             });
+            if kind == Kind::Unionfs {
+                union_lowers = lower_paths;
+            }
         }
         let kernel = mounts.pop().unwrap();
         let union = mounts.pop().unwrap();
@@ -231,7 +292,7 @@ impl Pair {
             union,
             kernel,
             scratch,
-            lowers,
+            union_lowers,
             started,
         }
     }
@@ -275,7 +336,13 @@ impl Pair {
     /// Checks the merged views, unmounts both, compares the upper layers,
     /// and mounts unionfs's upper layer under kernel overlayfs to check it
     /// shows the same merged view.
-    pub fn finish(mut self) {
+    pub fn finish(self) {
+        self.finish_with(true);
+    }
+
+    /// Like [`Pair::finish`]; `remount` false skips the kernel remount of
+    /// unionfs's upper layer (for lower layers the kernel cannot read).
+    pub fn finish_with(mut self, remount: bool) {
         self.assert_same_view();
         let expected = snapshot::tree(&self.kernel.root, self.started);
         self.union.unmount();
@@ -283,10 +350,11 @@ impl Pair {
         let union_upper = snapshot::layer(&self.upper(Kind::Unionfs), self.started);
         let kernel_upper = snapshot::layer(&self.upper(Kind::Overlay), self.started);
         snapshot::assert_same(&union_upper, &kernel_upper, "upper layer");
+        if !remount {
+            return;
+        }
 
-        let lowers: Vec<PathBuf> = (0..self.lowers)
-            .map(|i| self.lower(Kind::Unionfs, i))
-            .collect();
+        let lowers = self.union_lowers.clone();
         let work = self.scratch.path("check/work");
         let root = self.scratch.dir.path().join("check/merged");
         let upper = self.upper(Kind::Unionfs);
