@@ -14,4 +14,7 @@ fi
 scripts/deps.sh
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 cargo build --release --locked
+# mount(8) runs `mount -t fuse.unionfs` through mount.fuse3, which finds
+# `unionfs` on the system path.
+install -m 0755 target/release/unionfs /usr/local/bin/unionfs
 cargo test --release --locked -- "$@"

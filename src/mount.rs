@@ -54,6 +54,9 @@ pub fn mount(mut request: MountRequest) -> Result<()> {
     match fork_single_threaded().context("cannot start the daemon")? {
         Forked::Parent(child) => {
             drop(write_end);
+            // The daemon shares the stack's open files, and dropping them
+            // here would release the work dir's flock for both processes.
+            std::mem::forget(stack);
             wait_for_daemon(read_end, child)
         }
         Forked::Child => {
@@ -255,35 +258,50 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
     Ok(nix::mount::umount2(mountpoint, flags)?)
 }
 
-/// Unmounts a unionfs mount and waits for its daemon to exit.
+/// Unmounts a unionfs mount and waits for its daemon to exit. A lazy
+/// unmount returns at once: the daemon serves until the last user leaves.
 pub fn umount_command(mountpoint: &Path, lazy: bool, timeout: Duration) -> Result<()> {
-    let device = mount_device(mountpoint).with_context(|| {
-        format!(
+    // A mount whose daemon died answers ENOTCONN; it can still be unmounted.
+    if let Err(err) = mountpoint.symlink_metadata() {
+        if err.raw_os_error() != Some(libc::ENOTCONN) {
+            bail!("mountpoint {}: {err}; check the path", mountpoint.display());
+        }
+    }
+    let Some(mount) = find_mount(mountpoint) else {
+        bail!(
             "{} is not a mountpoint; check the path",
             mountpoint.display()
-        )
-    })?;
-    let daemon = PidFile::read(device);
+        );
+    };
+    if mount.fstype != "fuse.unionfs" {
+        bail!(
+            "{} is a {} mount, not a unionfs one; unmount it with umount",
+            mountpoint.display(),
+            mount.fstype
+        );
+    }
+    let daemon = PidFile::read(&mount.device);
     match unmount(mountpoint, lazy) {
         Ok(()) => {}
-        Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
-            bail!(
-                "{} is busy (a process uses files in it); stop those processes or pass --lazy",
-                mountpoint.display()
-            )
-        }
+        Err(err) if err.raw_os_error() == Some(libc::EBUSY) => bail!(
+            "{} is busy (a process uses files in it); stop those processes or pass --lazy",
+            mountpoint.display()
+        ),
         Err(err) => {
             return Err(err).with_context(|| format!("cannot unmount {}", mountpoint.display()));
         }
     }
-    if let Some(pid) = daemon {
+    if lazy {
+        return Ok(());
+    }
+    if let Some(daemon) = daemon {
         let deadline = Instant::now() + timeout;
-        while pid.is_alive() {
+        while daemon.is_alive() {
             if Instant::now() > deadline {
                 bail!(
                     "unmounted {}, but its daemon (pid {}) has not exited after {timeout:?}",
                     mountpoint.display(),
-                    pid.pid
+                    daemon.pid
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -292,15 +310,29 @@ pub fn umount_command(mountpoint: &Path, lazy: bool, timeout: Duration) -> Resul
     Ok(())
 }
 
-/// Returns the device number of the mount at `path`, from mountinfo, or
-/// `None` when no mount is there.
-fn mount_device(path: &Path) -> Option<String> {
+/// A mount listed in /proc/self/mountinfo.
+struct MountEntry {
+    /// `major:minor` of the mounted filesystem.
+    device: String,
+    fstype: String,
+}
+
+/// Returns the topmost mount at `path`, or `None` when no mount is there.
+fn find_mount(path: &Path) -> Option<MountEntry> {
     let path = path.canonicalize().ok()?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo.lines().rev().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
         let target = unescape_mountinfo(fields.get(4)?);
-        (Path::new(&target) == path).then(|| fields.get(2).map(|dev| dev.to_string()))?
+        if Path::new(&target) != path {
+            return None;
+        }
+        // Optional fields end with "-", which the filesystem type follows.
+        let separator = fields.iter().position(|field| *field == "-")?;
+        Some(MountEntry {
+            device: fields.get(2)?.to_string(),
+            fstype: fields.get(separator + 1)?.to_string(),
+        })
     })
 }
 
@@ -335,15 +367,20 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// Returns true while the process runs; a zombie waiting for its new
+    /// parent (init) to reap it has exited.
     fn is_alive(&self) -> bool {
-        start_time(self.pid).is_some_and(|start| start == self.start)
+        process_stat(self.pid).is_some_and(|(state, start)| state != "Z" && start == self.start)
     }
 }
 
-fn start_time(pid: i32) -> Option<String> {
+/// Returns the state and start time (fields 3 and 22) of process `pid`.
+fn process_stat(pid: i32) -> Option<(String, String)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    after_comm.split_whitespace().nth(19).map(str::to_string)
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.to_string();
+    let start = fields.nth(18)?.to_string();
+    Some((state, start))
 }
 
 /// The pid file of a running daemon, removed when dropped.
@@ -351,11 +388,14 @@ struct PidFile(Option<PathBuf>);
 
 impl PidFile {
     fn create(mountpoint: &Path) -> PidFile {
-        let path = mount_device(mountpoint)
-            .map(|device| Path::new(PID_DIR).join(device.replace(':', "-")));
+        let path = find_mount(mountpoint)
+            .map(|mount| Path::new(PID_DIR).join(mount.device.replace(':', "-")));
         let written = path.as_ref().map(|path| {
             let pid = std::process::id() as i32;
-            let content = format!("{pid} {}\n", start_time(pid).unwrap_or_default());
+            let start = process_stat(pid)
+                .map(|(_, start)| start)
+                .unwrap_or_default();
+            let content = format!("{pid} {start}\n");
             std::fs::create_dir_all(PID_DIR).and_then(|()| std::fs::write(path, content))
         });
         if let Some(Err(err)) = written {
@@ -367,7 +407,7 @@ impl PidFile {
         PidFile(path)
     }
 
-    fn read(device: String) -> Option<Daemon> {
+    fn read(device: &str) -> Option<Daemon> {
         let content =
             std::fs::read_to_string(Path::new(PID_DIR).join(device.replace(':', "-"))).ok()?;
         let (pid, start) = content.trim().split_once(' ')?;

@@ -60,8 +60,8 @@ pub struct LayerStack {
 /// A layer or mount configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
-    #[error("layer {path}: {source}; check the path in the layer list")]
-    Open { path: PathBuf, source: io::Error },
+    #[error("layer {path}: {error}; check the path in the layer list")]
+    Open { path: PathBuf, error: io::Error },
     #[error("layer {0} is not a directory; every layer must be a directory")]
     NotDirectory(PathBuf),
     #[error("layer {0} is listed twice (as {1}); list each directory once")]
@@ -167,9 +167,9 @@ fn open_layer(
     path: &Path,
     devices: &mut HashMap<u64, usize>,
 ) -> Result<(Layer, PathBuf, u64), StackError> {
-    let open_error = |source| StackError::Open {
+    let open_error = |error| StackError::Open {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let canonical = path.canonicalize().map_err(open_error)?;
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;

@@ -54,17 +54,17 @@ impl WorkDir {
     /// `upper_dev` is the device of the upper layer: a work dir on another
     /// filesystem is rejected because nothing could be renamed from it.
     pub fn open(path: &Path, upper_dev: u64) -> io::Result<WorkDir> {
-        match nix::unistd::mkdir(path, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(err) => return Err(with_path(err.into(), "cannot create work dir", path)),
-        }
-        let root = nix::fcntl::open(
-            path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|err| with_path(err.into(), "cannot open work dir", path))?;
-        if real::stat_fd(&root)?.st_dev != upper_dev {
+        // Check the filesystem before creating anything, so a rejected work
+        // dir leaves nothing behind.
+        let existing = nix::sys::stat::stat(path).ok();
+        let checked = match &existing {
+            Some(_) => path,
+            None => path.parent().unwrap_or(Path::new("/")),
+        };
+        let device = nix::sys::stat::stat(checked)
+            .map_err(|err| with_path(err.into(), "cannot find work dir", path))?
+            .st_dev;
+        if device != upper_dev {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -74,6 +74,13 @@ impl WorkDir {
                 ),
             ));
         }
+        if existing.is_none() {
+            nix::unistd::mkdir(path, Mode::from_bits_truncate(0o755))
+                .map_err(|err| with_path(err.into(), "cannot create work dir", path))?;
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let root = nix::fcntl::open(path, flags, Mode::empty())
+            .map_err(|err| with_path(err.into(), "cannot open work dir", path))?;
         let lock = Flock::lock(root, FlockArg::LockExclusiveNonblock).map_err(|(_, _)| {
             io::Error::new(
                 io::ErrorKind::ResourceBusy,

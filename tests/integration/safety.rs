@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 
 use crate::fixture::{self, Mount, Scratch, errno};
 
+/// One path's type and mode, owner, size, mtime, ctime, inode and content.
+type Print = (PathBuf, u32, u32, u64, i64, i64, i64, Vec<u8>);
+
 /// Every path under `root` with its type, mode, owner, size, times and
 /// content, to detect any change.
-fn fingerprint(root: &Path) -> Vec<(PathBuf, u32, u32, u64, i64, i64, i64, Vec<u8>)> {
+fn fingerprint(root: &Path) -> Vec<Print> {
     walkdir::WalkDir::new(root)
         .sort_by_file_name()
         .into_iter()
@@ -46,10 +49,11 @@ fn fingerprint(root: &Path) -> Vec<(PathBuf, u32, u32, u64, i64, i64, i64, Vec<u
 /// A scratch area with an `outside` directory holding a secret, a lower
 /// layer built by `fill`, and a unionfs mount over it.
 struct Setup {
+    // Fields drop in order: the mount must go before its directories.
+    mount: Mount,
     scratch: Scratch,
     outside: PathBuf,
-    before: Vec<(PathBuf, u32, u32, u64, i64, i64, i64, Vec<u8>)>,
-    mount: Mount,
+    before: Vec<Print>,
 }
 
 impl Setup {
