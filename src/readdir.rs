@@ -41,7 +41,11 @@ pub fn list(
     for dir in dirs {
         let fs_index = stack.layers()[dir.layer].fs_index;
         let mut hidden_below = Vec::new();
-        let fd = real::reopen_dir(dir.fd.as_fd())?;
+        let fd = if stack.upper_index() == Some(dir.layer) {
+            real::reopen_dir(dir.fd.as_fd())?
+        } else {
+            real::reopen_dir_noatime(dir.fd.as_fd())?
+        };
         for raw in nix::dir::Dir::from_fd(fd)?.into_iter() {
             let raw = raw?;
             let name = OsStr::from_bytes(raw.file_name().to_bytes());

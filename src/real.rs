@@ -24,11 +24,18 @@ pub fn is_absent(err: &io::Error) -> bool {
     )
 }
 
-/// Rejects names that are not a single path component.
+/// The longest name any layer's filesystem takes, in bytes.
+pub const NAME_MAX: usize = 255;
+
+/// Rejects names that are not a single path component (`EINVAL`) or that
+/// are longer than [`NAME_MAX`] (`ENAMETOOLONG`).
 pub fn check_name(name: &OsStr) -> io::Result<()> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if bytes.len() > NAME_MAX {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
     }
     Ok(())
 }
@@ -64,6 +71,26 @@ pub fn open_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
 pub fn reopen_dir(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     Ok(nix::fcntl::openat(dir, ".", flags, Mode::empty())?)
+}
+
+/// Like [`reopen_dir`], but reading entries leaves the directory's access
+/// time alone, as kernel overlayfs does for lower layers.
+pub fn reopen_dir_noatime(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    match nix::fcntl::openat(dir, ".", flags | OFlag::O_NOATIME, Mode::empty()) {
+        // O_NOATIME needs ownership or CAP_FOWNER; it is only an optimisation.
+        Err(Errno::EPERM) => reopen_dir(dir),
+        result => Ok(result?),
+    }
+}
+
+/// Opens `name` in `dir` like [`open_at`], adding `O_NOATIME` where the
+/// daemon may, so reading a lower file leaves its access time alone.
+pub fn open_noatime(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
+    match open_at(dir, name, flags | OFlag::O_NOATIME, 0) {
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => open_at(dir, name, flags, 0),
+        result => result,
+    }
 }
 
 /// Opens any object as an `O_PATH` descriptor, which allows no I/O but serves

@@ -87,11 +87,10 @@ impl CopyUp<'_> {
 
     fn copy_file(&self) -> io::Result<Copied> {
         let work = &self.upper.work;
-        let src = File::from(real::open_at(
+        let src = File::from(real::open_noatime(
             self.src_parent,
             self.name,
             OFlag::O_RDONLY,
-            0,
         )?);
         let xattrs = meta::read_xattrs(src.as_fd())?;
         let (dst, temp) = match work.tmpfile() {

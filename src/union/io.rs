@@ -52,7 +52,7 @@ impl Union {
         let epoch = node.epoch();
         let direct_io = split.is_some();
         let file = match split {
-            Some(place) => open_place(&place, real_open_flags(flags))?,
+            Some(place) => open_place(&place, real_open_flags(flags), false)?,
             None => self.open_real(&node, real_open_flags(flags))?,
         };
         let handle = FileHandle::new(node, file, flags, epoch);
@@ -97,7 +97,9 @@ impl Union {
     }
 
     fn open_real(&self, node: &Node, flags: i32) -> io::Result<File> {
-        open_place(&self.locate(node)?.1, flags)
+        let (state, place) = self.locate(node)?;
+        let lower = self.stack.upper_index() != Some(state.layer);
+        open_place(&place, flags, lower)
     }
 
     /// Returns handle `fh`'s real file, reopening it if the node was copied
@@ -212,9 +214,12 @@ impl Union {
 }
 
 /// Opens the real file at `place` with open(2) `flags`.
-fn open_place(place: &Place, flags: i32) -> io::Result<File> {
+/// `lower` says the object is in a lower layer, whose access times reads
+/// must not change.
+fn open_place(place: &Place, flags: i32, lower: bool) -> io::Result<File> {
     let flags = OFlag::from_bits_truncate(flags);
     let fd = match place {
+        Place::Entry { parent, name } if lower => real::open_noatime(parent.as_fd(), name, flags)?,
         Place::Entry { parent, name } => real::open_at(parent.as_fd(), name, flags, 0)?,
         Place::Orphan(fd) => real::reopen(fd.as_fd(), flags)?,
         Place::Dir(_) => return Err(errno(libc::EISDIR)),

@@ -51,6 +51,9 @@ impl Union {
         if let Some(dst) = &dst {
             if dst.state.identity == src.state.identity {
                 // Two names of one object: POSIX says rename does nothing.
+                // NOTE: kernel overlayfs (index off) removes the source name
+                // when the two are lower hard links, which it shows as two
+                // inodes; the kernel's VFS never sends that rename here.
                 return Ok(());
             }
             if !exchange
@@ -274,12 +277,10 @@ fn check(src: &Found, dst: Option<&Found>, flags: RenameFlags) -> io::Result<()>
         Some(dst) if flags.contains(RenameFlags::RENAME_EXCHANGE) && has_lower(dst) => {
             Err(errno(libc::EXDEV))
         }
+        // An exchange swaps the two names whatever their types.
+        _ if flags.contains(RenameFlags::RENAME_EXCHANGE) => Ok(()),
         Some(dst) if dst.is_dir() && !src.is_dir() => Err(errno(libc::EISDIR)),
-        Some(dst)
-            if !dst.is_dir() && src.is_dir() && !flags.contains(RenameFlags::RENAME_EXCHANGE) =>
-        {
-            Err(errno(libc::ENOTDIR))
-        }
+        Some(dst) if !dst.is_dir() && src.is_dir() => Err(errno(libc::ENOTDIR)),
         _ => Ok(()),
     }
 }
