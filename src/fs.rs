@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
     TimeOrNow, WriteFlags,
 };
@@ -27,7 +27,7 @@ use crate::union::{Caller, NewKind, NewObject, Opened, SetAttr, Union};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 
 /// Capabilities asked of the kernel at init, each granted only if supported.
-const WANTED: [InitFlags; 6] = [
+const WANTED: [InitFlags; 9] = [
     // Apply the umask here, so a default ACL on the parent can replace it.
     InitFlags::FUSE_DONT_MASK,
     // Pass O_TRUNC to open, so a truncating open copies up no data.
@@ -37,7 +37,16 @@ const WANTED: [InitFlags; 6] = [
     InitFlags::FUSE_BIG_WRITES,
     // Keep shared mmap working on files opened with direct I/O.
     InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+    // Clear setuid bits here on write, instead of the kernel asking for
+    // security.capability before every write.
+    InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+    // Send attributes with directory entries when the caller stats them.
+    InitFlags::FUSE_DO_READDIRPLUS,
+    InitFlags::FUSE_READDIRPLUS_AUTO,
 ];
+
+/// The largest readahead asked of the kernel, in bytes.
+const MAX_READAHEAD: u32 = 1 << 20;
 
 /// The union served over FUSE.
 pub struct UnionFs {
@@ -150,6 +159,28 @@ fn time_or_now(time: Option<TimeOrNow>) -> Option<TimeOrNow> {
     time
 }
 
+/// Returns attributes that carry only inode number `ino`, for replies whose
+/// attributes the kernel ignores.
+fn placeholder(ino: u64) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: fuser::FileType::Directory,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         for flag in WANTED {
@@ -157,16 +188,20 @@ impl Filesystem for UnionFs {
                 debug!("kernel lacks FUSE capability {flag:?}");
             }
         }
+        if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
+            let _ = config.set_max_readahead(max);
+        }
         Ok(())
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guard("lookup", reply, |reply| {
-            let result = self
-                .union
-                .lookup(parent.0, name, req.pid())
-                .map(|(_, attr)| attr);
-            self.reply_entry("lookup", reply, result);
+        guard("lookup", reply, |reply| match self.union.lookup(parent.0, name, req.pid()) {
+            // A negative entry (node 0) lets the kernel remember the name is
+            // absent: it only appears through this mount, which replaces it.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                reply.entry(&self.ttl, &placeholder(0), Generation(0));
+            }
+            result => self.reply_entry("lookup", reply, result.map(|(_, attr)| attr)),
         });
     }
 
@@ -207,6 +242,7 @@ impl Filesystem for UnionFs {
             mtime,
             fh: fh.map(|fh| fh.0),
             tid: req.pid(),
+            drop_setid: size.is_some() && req.uid() != 0,
         };
         guard("setattr", reply, |reply| {
             self.reply_attr("setattr", reply, self.union.setattr(ino.0, &set))
@@ -330,7 +366,7 @@ impl Filesystem for UnionFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", reply, |reply| {
-            match self.union.open(ino.0, flags.0, req.pid()) {
+            match self.union.open(ino.0, flags.0, caller(req)) {
                 Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
                 Err(err) => reply.error(errno_of("open", &err)),
             }
@@ -363,28 +399,25 @@ impl Filesystem for UnionFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         guard("write", reply, |reply| {
-            match self.union.write(fh.0, offset, data) {
+            let drop_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+            match self.union.write(fh.0, offset, data, drop_setid) {
                 Ok(written) => reply.written(written),
                 Err(err) => reply.error(errno_of("write", &err)),
             }
         });
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Writes reach the layer before their reply and locks stay in the
+        // kernel, so a flush has nothing to do. ENOSYS makes the kernel stop
+        // sending one on every close(2), which saves a round trip each.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -416,34 +449,56 @@ impl Filesystem for UnionFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         guard("opendir", reply, |reply| match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings: every change to the directory
+            // comes through this mount and invalidates them.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Err(err) => reply.error(errno_of("opendir", &err)),
         });
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        let (listing, start) = match self.union.readdir(fh.0, offset) {
-            Ok(found) => found,
-            Err(err) => return reply.error(errno_of("readdir", &err)),
-        };
-        for (index, entry) in listing.iter().enumerate().skip(start) {
-            if reply.add(
-                INodeNo(entry.ino),
-                index as u64 + 1,
-                entry.kind,
-                &entry.name,
-            ) {
-                break;
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+        guard("readdir", reply, |mut reply| {
+            let (listing, start) = match self.union.readdir(fh.0, offset) {
+                Ok(found) => found,
+                Err(err) => return reply.error(errno_of("readdir", &err)),
+            };
+            for (index, entry) in listing.iter().enumerate().skip(start) {
+                if reply.add(INodeNo(entry.ino), index as u64 + 1, entry.kind, &entry.name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+        guard("readdirplus", reply, |mut reply| {
+            let (listing, start) = match self.union.readdir(fh.0, offset) {
+                Ok(found) => found,
+                Err(err) => return reply.error(errno_of("readdirplus", &err)),
+            };
+            for (index, entry) in listing.iter().enumerate().skip(start) {
+                let next = index as u64 + 1;
+                // The kernel takes no reference for "." and "..", and reads no
+                // attributes from them.
+                if entry.name == "." || entry.name == ".." {
+                    if reply.add(INodeNo(entry.ino), next, &entry.name, &Duration::ZERO, &placeholder(entry.ino), Generation(0)) {
+                        break;
+                    }
+                    continue;
+                }
+                // A name gone since the listing was taken is skipped.
+                let Ok((node, attr)) = self.union.lookup(ino.0, &entry.name, req.pid()) else {
+                    continue;
+                };
+                if reply.add(attr.ino, next, &entry.name, &self.ttl(attr.ino), &attr, Generation(0)) {
+                    // Not sent: the kernel holds no reference for it.
+                    self.union.forget(node.ino, 1);
+                    break;
+                }
+            }
+            reply.ok();
+        });
     }
 
     fn releasedir(

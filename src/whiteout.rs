@@ -145,10 +145,8 @@ fn is_xattr_whiteout(
     {
         return Ok(false);
     }
-    let fd = real::open_path(dir, name)?;
-    Ok(WHITEOUT_XATTRS
-        .iter()
-        .any(|attr| matches!(xattr::get(fd.as_fd(), OsStr::new(attr)), Ok(Some(_)))))
+    let marked = |attr: &&str| matches!(xattr::get_at(dir, name, OsStr::new(attr)), Ok(Some(_)));
+    Ok(WHITEOUT_XATTRS.iter().any(marked))
 }
 
 /// Probes what layer directory `dir`, of the given opacity, holds for `name`.

@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use log::debug;
 use nix::fcntl::AtFlags;
@@ -14,7 +14,6 @@ use nix::sys::stat::{FileStat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
-use crate::real;
 use crate::sys::xattr;
 use crate::whiteout;
 
@@ -94,16 +93,12 @@ fn set_xattrs(target: Target<'_>, xattrs: &[(OsString, Vec<u8>)]) -> io::Result<
     if xattrs.is_empty() {
         return Ok(());
     }
-    let path_fd;
-    let fd = match target {
-        Target::Fd(fd) => fd,
-        Target::Named { dir, name, .. } => {
-            path_fd = real::open_path(dir, name)?;
-            path_fd.as_fd()
-        }
-    };
     for (name, value) in xattrs {
-        match xattr::set(fd, name, value, 0) {
+        let set = match target {
+            Target::Fd(fd) => xattr::set(fd, name, value, 0),
+            Target::Named { dir, name: entry, .. } => xattr::set_at(dir, entry, name, value, 0),
+        };
+        match set {
             Ok(()) => {}
             // The upper filesystem may lack a namespace the lower one has.
             Err(err)

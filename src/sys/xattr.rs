@@ -8,7 +8,7 @@
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use super::{check, proc_fd_path};
@@ -80,11 +80,7 @@ pub fn list(fd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
             |path| unsafe { libc::listxattr(path.as_ptr(), buf.cast(), size) as libc::c_long },
         )
     })?;
-    Ok(raw
-        .split(|&byte| byte == 0)
-        .filter(|name| !name.is_empty())
-        .map(|name| OsString::from_vec(name.to_vec()))
-        .collect())
+    Ok(split_names(&raw))
 }
 
 /// Sets attribute `name`; `flags` is 0, `XATTR_CREATE` or `XATTR_REPLACE`.
@@ -116,6 +112,130 @@ pub fn remove(fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     .map(drop)
 }
 
+/// System call numbers of the `*xattrat` calls (Linux 6.13), the same on
+/// every architecture because they came after the numbering was unified.
+const SYS_SETXATTRAT: libc::c_long = 463;
+const SYS_GETXATTRAT: libc::c_long = 464;
+const SYS_LISTXATTRAT: libc::c_long = 465;
+const SYS_REMOVEXATTRAT: libc::c_long = 466;
+
+/// `struct xattr_args` from `linux/xattr.h`.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// Set once a `*xattrat` call returned `ENOSYS` (a kernel before 6.13).
+static NO_XATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs `call` (a `*xattrat` system call), or returns `None` when the kernel
+/// lacks it so the caller falls back to an `O_PATH` descriptor.
+fn try_at(call: impl Fn() -> libc::c_long) -> Option<io::Result<usize>> {
+    use std::sync::atomic::Ordering;
+    if NO_XATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    match check(call()) {
+        Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => {
+            NO_XATTRAT.store(true, Ordering::Relaxed);
+            None
+        }
+        result => Some(result),
+    }
+}
+
+/// Opens `entry` in `dir` as an `O_PATH` descriptor for the fallback path.
+fn open_entry(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<std::os::fd::OwnedFd> {
+    crate::real::open_path(dir, entry)
+}
+
+fn c_entry(entry: &OsStr) -> io::Result<CString> {
+    crate::real::check_name(entry)?;
+    c_name(entry)
+}
+
+/// Returns the value of attribute `name` of `entry` in directory `dir`,
+/// without following a symlink; `None` when the object lacks it.
+pub fn get_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let (path, attr) = (c_entry(entry)?, c_name(name)?);
+    let read = |buf: *mut libc::c_void, size: usize| {
+        let args = XattrArgs { value: buf as u64, size: size as u32, flags: 0 };
+        try_at(|| {
+            // SAFETY: `path` and `attr` are NUL-terminated; `args` points at a
+            // buffer of `size` writable bytes (or is null with size 0) owned
+            // by `read_sized` for the duration of the call.
+            unsafe {
+                libc::syscall(SYS_GETXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr(), &args, size_of_args())
+            }
+        })
+    };
+    if read(std::ptr::null_mut(), 0).is_none() {
+        return get(open_entry(dir, entry)?.as_fd(), name);
+    }
+    match read_sized(|buf, size| read(buf, size).unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ENOSYS)))) {
+        Ok(value) => Ok(Some(value)),
+        Err(err) if err.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Returns the attribute names of `entry` in directory `dir`.
+pub fn list_at(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<Vec<OsString>> {
+    let path = c_entry(entry)?;
+    let read = |buf: *mut libc::c_void, size: usize| {
+        try_at(|| {
+            // SAFETY: `path` is NUL-terminated; `buf` is null with size 0 or
+            // points at `size` writable bytes owned by `read_sized`.
+            unsafe { libc::syscall(SYS_LISTXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, buf, size) }
+        })
+    };
+    if read(std::ptr::null_mut(), 0).is_none() {
+        return list(open_entry(dir, entry)?.as_fd());
+    }
+    let raw = read_sized(|buf, size| read(buf, size).unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ENOSYS))))?;
+    Ok(split_names(&raw))
+}
+
+/// Sets attribute `name` of `entry` in directory `dir`.
+pub fn set_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let (path, attr) = (c_entry(entry)?, c_name(name)?);
+    let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+    let result = try_at(|| {
+        // SAFETY: `path` and `attr` are NUL-terminated and `args` points at
+        // `value`, which outlives the call.
+        unsafe {
+            libc::syscall(SYS_SETXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr(), &args, size_of_args())
+        }
+    });
+    match result {
+        Some(result) => result.map(drop),
+        None => set(open_entry(dir, entry)?.as_fd(), name, value, flags),
+    }
+}
+
+/// Removes attribute `name` of `entry` in directory `dir`.
+pub fn remove_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> io::Result<()> {
+    let (path, attr) = (c_entry(entry)?, c_name(name)?);
+    let result = try_at(|| {
+        // SAFETY: `path` and `attr` are NUL-terminated.
+        unsafe { libc::syscall(SYS_REMOVEXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr()) }
+    });
+    match result {
+        Some(result) => result.map(drop),
+        None => remove(open_entry(dir, entry)?.as_fd(), name),
+    }
+}
+
+fn size_of_args() -> usize {
+    std::mem::size_of::<XattrArgs>()
+}
+
+fn split_names(raw: &[u8]) -> Vec<OsString> {
+    raw.split(|&byte| byte == 0).filter(|name| !name.is_empty()).map(|name| OsString::from_vec(name.to_vec())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +262,4 @@ mod tests {
         assert_eq!(get(fd.as_fd(), name).unwrap(), None);
     }
 
-    use std::os::fd::AsFd;
 }

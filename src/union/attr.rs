@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 
 use fuser::{FileAttr, TimeOrNow};
 use nix::fcntl::{AtFlags, OFlag};
@@ -32,6 +32,8 @@ pub struct SetAttr {
     pub fh: Option<u64>,
     /// The requesting thread.
     pub tid: u32,
+    /// The caller lacks `CAP_FSETID`, so a truncate clears setuid and setgid.
+    pub drop_setid: bool,
 }
 
 impl Union {
@@ -42,7 +44,7 @@ impl Union {
         let place = self.copy_up_for_change(&node, set.tid, set.size)?;
 
         if let Some(size) = set.size {
-            self.truncate(&place, set.fh, size)?;
+            self.truncate(&place, set.fh, size, set.drop_setid)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
             chown(&place, set.uid, set.gid)?;
@@ -65,21 +67,21 @@ impl Union {
         }
     }
 
-    fn truncate(&self, place: &Place, fh: Option<u64>, size: u64) -> io::Result<()> {
-        if let Some(handle) = fh
-            .and_then(|fh| self.handles.file(fh).ok())
-            .filter(|handle| handle.is_writable())
-        {
-            return handle.file().set_len(size);
-        }
-        let file = match place {
-            Place::Entry { parent, name } => {
-                real::open_at(parent.as_fd(), name, OFlag::O_WRONLY, 0)?
+    fn truncate(&self, place: &Place, fh: Option<u64>, size: u64, kill: bool) -> io::Result<()> {
+        let handle = fh.and_then(|fh| self.handles.file(fh).ok()).filter(|handle| handle.is_writable());
+        let file = match (handle, place) {
+            (Some(handle), _) => handle.file(),
+            (None, Place::Entry { parent, name }) => {
+                std::sync::Arc::new(File::from(real::open_at(parent.as_fd(), name, OFlag::O_WRONLY, 0)?))
             }
-            Place::Orphan(fd) => real::reopen(fd.as_fd(), OFlag::O_WRONLY)?,
-            Place::Dir(_) => return Err(errno(libc::EISDIR)),
+            (None, Place::Orphan(fd)) => std::sync::Arc::new(File::from(real::reopen(fd.as_fd(), OFlag::O_WRONLY)?)),
+            (None, Place::Dir(_)) => return Err(errno(libc::EISDIR)),
         };
-        File::from(file).set_len(size)
+        file.set_len(size)?;
+        if kill {
+            drop_setid(file.as_fd())?;
+        }
+        Ok(())
     }
 
     /// Returns the value of xattr `name` of node `ino`.
@@ -87,16 +89,16 @@ impl Union {
         if whiteout::is_private_xattr(name) {
             return Err(errno(libc::ENODATA));
         }
-        let target = self.xattr_target(ino)?;
-        xattr::get(target.as_fd(), name)?.ok_or_else(|| errno(libc::ENODATA))
+        let place = self.locate(&*self.node(ino)?)?.1;
+        get_xattr(&place, name)?.ok_or_else(|| errno(libc::ENODATA))
     }
 
     /// Returns the xattr names of node `ino` as a NUL-separated list.
     pub fn listxattr(&self, ino: u64) -> io::Result<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt;
-        let target = self.xattr_target(ino)?;
+        let place = self.locate(&*self.node(ino)?)?.1;
         let mut list = Vec::new();
-        for name in xattr::list(target.as_fd())? {
+        for name in list_xattrs(&place)? {
             if !whiteout::is_private_xattr(&name) {
                 list.extend_from_slice(name.as_bytes());
                 list.push(0);
@@ -106,20 +108,16 @@ impl Union {
     }
 
     /// Sets xattr `name` of node `ino` for thread `tid`.
-    pub fn setxattr(
-        &self,
-        ino: u64,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        tid: u32,
-    ) -> io::Result<()> {
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32, tid: u32) -> io::Result<()> {
         if whiteout::is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
         let node = self.node(ino)?;
         let place = self.copy_up_for_change(&node, tid, None)?;
-        xattr::set(xattr_target(place)?.as_fd(), name, value, flags)
+        match &place {
+            Place::Dir(fd) | Place::Orphan(fd) => xattr::set(fd.as_fd(), name, value, flags),
+            Place::Entry { parent, name: entry } => xattr::set_at(parent.as_fd(), entry, name, value, flags),
+        }
     }
 
     /// Removes xattr `name` of node `ino` for thread `tid`.
@@ -132,36 +130,39 @@ impl Union {
             return Err(errno(libc::ENODATA));
         }
         let place = self.copy_up_for_change(&node, tid, None)?;
-        xattr::remove(xattr_target(place)?.as_fd(), name)
-    }
-
-    /// Opens an fd through which node's xattrs can be read and written.
-    fn xattr_target(&self, ino: u64) -> io::Result<XattrTarget> {
-        let node = self.node(ino)?;
-        xattr_target(self.locate(&node)?.1)
+        match &place {
+            Place::Dir(fd) | Place::Orphan(fd) => xattr::remove(fd.as_fd(), name),
+            Place::Entry { parent, name: entry } => xattr::remove_at(parent.as_fd(), entry, name),
+        }
     }
 }
 
-fn xattr_target(place: Place) -> io::Result<XattrTarget> {
-    Ok(match place {
-        Place::Dir(fd) | Place::Orphan(fd) => XattrTarget::Shared(fd),
-        Place::Entry { parent, name } => {
-            XattrTarget::Owned(real::open_path(parent.as_fd(), &name)?)
-        }
-    })
+/// Clears the setuid bit, and the setgid bit of a group-executable file,
+/// as the kernel does when a caller without `CAP_FSETID` writes or
+/// truncates (a setgid bit without group execute marks mandatory locking).
+pub(super) fn drop_setid(file: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let mode = real::stat_fd(file)?.st_mode;
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        kept &= !libc::S_ISGID;
+    }
+    if kept != mode {
+        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(kept & 0o7777))?;
+    }
+    Ok(())
 }
 
-enum XattrTarget {
-    Shared(std::sync::Arc<OwnedFd>),
-    Owned(OwnedFd),
+fn get_xattr(place: &Place, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    match place {
+        Place::Dir(fd) | Place::Orphan(fd) => xattr::get(fd.as_fd(), name),
+        Place::Entry { parent, name: entry } => xattr::get_at(parent.as_fd(), entry, name),
+    }
 }
 
-impl XattrTarget {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            XattrTarget::Shared(fd) => fd.as_fd(),
-            XattrTarget::Owned(fd) => fd.as_fd(),
-        }
+fn list_xattrs(place: &Place) -> io::Result<Vec<std::ffi::OsString>> {
+    match place {
+        Place::Dir(fd) | Place::Orphan(fd) => xattr::list(fd.as_fd()),
+        Place::Entry { parent, name } => xattr::list_at(parent.as_fd(), name),
     }
 }
 

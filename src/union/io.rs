@@ -34,8 +34,9 @@ pub struct Opened {
 }
 
 impl Union {
-    /// Opens regular file node `ino` with open(2) `flags` for thread `tid`.
-    pub fn open(&self, ino: u64, flags: i32, tid: u32) -> io::Result<Opened> {
+    /// Opens regular file node `ino` with open(2) `flags` for `caller`.
+    pub fn open(&self, ino: u64, flags: i32, caller: Caller) -> io::Result<Opened> {
+        let tid = caller.pid;
         let node = self.node(ino)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let mut split = None;
@@ -55,6 +56,10 @@ impl Union {
             Some(place) => open_place(&place, real_open_flags(flags), false)?,
             None => self.open_real(&node, real_open_flags(flags))?,
         };
+        // Truncating drops setuid and setgid bits unless the caller may keep them.
+        if flags & libc::O_TRUNC != 0 && caller.uid != 0 {
+            super::attr::drop_setid(file.as_fd())?;
+        }
         let handle = FileHandle::new(node, file, flags, epoch);
         let fh = self.handles.insert_file(handle);
         Ok(Opened {
@@ -133,9 +138,16 @@ impl Union {
     }
 
     /// Writes `data` at `offset`.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
+    ///
+    /// `drop_setid` is set when the writer lacks `CAP_FSETID`: the write then
+    /// clears the setuid and setgid bits, as a write through the VFS would.
+    /// The daemon writes as root, which would keep them.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: bool) -> io::Result<u32> {
         let (_, file) = self.handle_file(fh)?;
         file.write_all_at(data, offset)?;
+        if drop_setid {
+            super::attr::drop_setid(file.as_fd())?;
+        }
         Ok(data.len() as u32)
     }
 
