@@ -7,18 +7,20 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, error};
 
+use crate::handle::IoMode;
 use crate::union::{Caller, NewKind, NewObject, Opened, SetAttr, Union};
 
 /// How long the kernel may cache names and attributes. Every change to the
@@ -191,17 +193,32 @@ impl Filesystem for UnionFs {
         if let Err(max) = config.set_max_readahead(MAX_READAHEAD) {
             let _ = config.set_max_readahead(max);
         }
+        // Passthrough (Linux 6.9) lets upper-layer files bypass the daemon.
+        // A stacking depth of 1 keeps the mount usable as a lower layer of
+        // kernel overlayfs; layers on stacked filesystems then refuse the
+        // backing file, which turns passthrough off.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.union.enable_passthrough();
+        } else {
+            log::warn!(
+                "the kernel offers no FUSE passthrough; upper-layer files are served through the daemon"
+            );
+        }
         Ok(())
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        guard("lookup", reply, |reply| match self.union.lookup(parent.0, name, req.pid()) {
-            // A negative entry (node 0) lets the kernel remember the name is
-            // absent: it only appears through this mount, which replaces it.
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
-                reply.entry(&self.ttl, &placeholder(0), Generation(0));
+        guard("lookup", reply, |reply| {
+            match self.union.lookup(parent.0, name, req.pid()) {
+                // A negative entry (node 0) lets the kernel remember the name is
+                // absent: it only appears through this mount, which replaces it.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                    reply.entry(&self.ttl, &placeholder(0), Generation(0));
+                }
+                result => self.reply_entry("lookup", reply, result.map(|(_, attr)| attr)),
             }
-            result => self.reply_entry("lookup", reply, result.map(|(_, attr)| attr)),
         });
     }
 
@@ -366,8 +383,16 @@ impl Filesystem for UnionFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guard("open", reply, |reply| {
-            match self.union.open(ino.0, flags.0, caller(req)) {
-                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(&opened)),
+            let register = |fd: BorrowedFd<'_>| reply.open_backing(fd);
+            match self.union.open(ino.0, flags.0, caller(req), &register) {
+                Ok(Opened {
+                    fh,
+                    backing: Some(backing),
+                    ..
+                }) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing);
+                }
+                Ok(opened) => reply.opened(FileHandle(opened.fh), fopen_flags(opened.mode)),
                 Err(err) => reply.error(errno_of("open", &err)),
             }
         });
@@ -413,7 +438,14 @@ impl Filesystem for UnionFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // Writes reach the layer before their reply and locks stay in the
         // kernel, so a flush has nothing to do. ENOSYS makes the kernel stop
         // sending one on every close(2), which saves a round trip each.
@@ -451,19 +483,34 @@ impl Filesystem for UnionFs {
         guard("opendir", reply, |reply| match self.union.opendir(ino.0) {
             // The kernel may keep listings: every change to the directory
             // comes through this mount and invalidates them.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(err) => reply.error(errno_of("opendir", &err)),
         });
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
         guard("readdir", reply, |mut reply| {
             let (listing, start) = match self.union.readdir(fh.0, offset) {
                 Ok(found) => found,
                 Err(err) => return reply.error(errno_of("readdir", &err)),
             };
             for (index, entry) in listing.iter().enumerate().skip(start) {
-                if reply.add(INodeNo(entry.ino), index as u64 + 1, entry.kind, &entry.name) {
+                if reply.add(
+                    INodeNo(entry.ino),
+                    index as u64 + 1,
+                    entry.kind,
+                    &entry.name,
+                ) {
                     break;
                 }
             }
@@ -471,7 +518,14 @@ impl Filesystem for UnionFs {
         });
     }
 
-    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
         guard("readdirplus", reply, |mut reply| {
             let (listing, start) = match self.union.readdir(fh.0, offset) {
                 Ok(found) => found,
@@ -482,7 +536,14 @@ impl Filesystem for UnionFs {
                 // The kernel takes no reference for "." and "..", and reads no
                 // attributes from them.
                 if entry.name == "." || entry.name == ".." {
-                    if reply.add(INodeNo(entry.ino), next, &entry.name, &Duration::ZERO, &placeholder(entry.ino), Generation(0)) {
+                    if reply.add(
+                        INodeNo(entry.ino),
+                        next,
+                        &entry.name,
+                        &Duration::ZERO,
+                        &placeholder(entry.ino),
+                        Generation(0),
+                    ) {
                         break;
                     }
                     continue;
@@ -491,7 +552,14 @@ impl Filesystem for UnionFs {
                 let Ok((node, attr)) = self.union.lookup(ino.0, &entry.name, req.pid()) else {
                     continue;
                 };
-                if reply.add(attr.ino, next, &entry.name, &self.ttl(attr.ino), &attr, Generation(0)) {
+                if reply.add(
+                    attr.ino,
+                    next,
+                    &entry.name,
+                    &self.ttl(attr.ino),
+                    &attr,
+                    Generation(0),
+                ) {
                     // Not sent: the kernel holds no reference for it.
                     self.union.forget(node.ino, 1);
                     break;
@@ -599,18 +667,27 @@ impl Filesystem for UnionFs {
         reply: ReplyCreate,
     ) {
         guard("create", reply, |reply| {
+            let register = |fd: BorrowedFd<'_>| reply.open_backing(fd);
+            let new = (name, mode, umask, flags);
             match self
                 .union
-                .create_file(caller(req), parent.0, name, mode, umask, flags)
+                .create_file(caller(req), parent.0, new, &register)
             {
                 Ok((_, attr, opened)) => {
-                    reply.created(
-                        &self.ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(opened.fh),
-                        fopen_flags(&opened),
-                    );
+                    let (ttl, fh) = (self.ttl(attr.ino), FileHandle(opened.fh));
+                    match &opened.backing {
+                        Some(backing) => reply.created_passthrough(
+                            &ttl,
+                            &attr,
+                            Generation(0),
+                            fh,
+                            FopenFlags::empty(),
+                            backing,
+                        ),
+                        None => {
+                            reply.created(&ttl, &attr, Generation(0), fh, fopen_flags(opened.mode))
+                        }
+                    }
                 }
                 Err(err) => reply.error(errno_of("create", &err)),
             }
@@ -654,13 +731,12 @@ impl Filesystem for UnionFs {
     }
 }
 
-fn fopen_flags(opened: &Opened) -> FopenFlags {
-    let mut flags = FopenFlags::empty();
-    if opened.keep_cache {
-        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+fn fopen_flags(mode: IoMode) -> FopenFlags {
+    match mode {
+        // The kernel's page cache of a file stays valid across opens: every
+        // change comes through this mount.
+        IoMode::Cached => FopenFlags::FOPEN_KEEP_CACHE,
+        IoMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
+        IoMode::Passthrough => FopenFlags::empty(),
     }
-    if opened.direct_io {
-        flags |= FopenFlags::FOPEN_DIRECT_IO;
-    }
-    flags
 }

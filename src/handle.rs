@@ -17,22 +17,41 @@ use parking_lot::{Mutex, RwLock};
 use crate::inode::Node;
 use crate::readdir::DirEntry;
 
+/// How the kernel moves a handle's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoMode {
+    /// Through the kernel's page cache of the FUSE inode, and this daemon.
+    Cached,
+    /// Straight to this daemon, bypassing the page cache.
+    Direct,
+    /// Straight to the real file (FUSE passthrough), without this daemon.
+    Passthrough,
+}
+
 /// An open regular file.
 pub struct FileHandle {
     pub node: Arc<Node>,
     /// The open flags, minus those only meaningful at open time.
     pub flags: i32,
+    pub mode: IoMode,
     file: RwLock<Arc<File>>,
     epoch: AtomicU64,
 }
 
 impl FileHandle {
     /// Creates a handle for `file`, opened when the node had `epoch`.
-    pub fn new(node: Arc<Node>, file: File, flags: i32, epoch: u64) -> FileHandle {
+    pub fn new(
+        node: Arc<Node>,
+        file: Arc<File>,
+        flags: i32,
+        epoch: u64,
+        mode: IoMode,
+    ) -> FileHandle {
         FileHandle {
             node,
             flags,
-            file: RwLock::new(Arc::new(file)),
+            mode,
+            file: RwLock::new(file),
             epoch: AtomicU64::new(epoch),
         }
     }
@@ -58,8 +77,7 @@ impl FileHandle {
     }
 
     /// Replaces the real file after the node moved.
-    pub fn replace(&self, file: File, epoch: u64) -> Arc<File> {
-        let file = Arc::new(file);
+    pub fn replace(&self, file: Arc<File>, epoch: u64) -> Arc<File> {
         *self.file.write() = file.clone();
         self.epoch.store(epoch, Ordering::Release);
         file

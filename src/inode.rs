@@ -17,7 +17,8 @@
 //! 1. `Node::copy_up` of one node at a time (parents are copied up before
 //!    the child's lock is taken, never while holding it);
 //! 2. `Node::state`;
-//! 3. `Node::aliases`, then `Node::hints`;
+//! 3. `Node::aliases`, then `Node::hints`; `Node::open_modes`, which is
+//!    never held with another node lock;
 //! 4. the shard locks inside the table's maps, held only for the map call.
 
 use std::ffi::{OsStr, OsString};
@@ -91,6 +92,17 @@ impl RealState {
     }
 }
 
+/// The open handles of a node by I/O mode. The kernel rejects a page-cached
+/// open while passthrough handles are open on an inode, and the reverse,
+/// and wants one backing file for all passthrough handles of an inode.
+#[derive(Default)]
+pub struct OpenModes {
+    pub cached: u32,
+    pub passthrough: u32,
+    /// The real file registered with the kernel for passthrough.
+    pub backing: Option<Arc<fuser::BackingId>>,
+}
+
 /// A node of the merged view.
 pub struct Node {
     /// The inode number, and the FUSE node id.
@@ -103,6 +115,8 @@ pub struct Node {
     hints: Mutex<Vec<(u32, Alias)>>,
     /// Serialises copy-up of this node; holders re-check the state.
     pub copy_up: Mutex<()>,
+    /// How the node's open handles do I/O.
+    pub open_modes: Mutex<OpenModes>,
     /// Incremented when the object moves to another layer, so open handles
     /// notice that they must reopen it.
     epoch: AtomicU64,
@@ -120,6 +134,7 @@ impl Node {
             aliases: RwLock::new(alias.into_iter().collect()),
             hints: Mutex::new(Vec::new()),
             copy_up: Mutex::new(()),
+            open_modes: Mutex::new(OpenModes::default()),
             epoch: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),

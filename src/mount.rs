@@ -116,6 +116,9 @@ fn serve(stack: LayerStack, request: &MountRequest, report: &mut Option<File>) -
         .open("/dev/fuse")
         .context("cannot open /dev/fuse; load the fuse module (modprobe fuse)")?;
     let allow_other = options.allow_other || nix::unistd::geteuid().is_root();
+    // Catch signals before the mount exists: one that arrives before the
+    // watcher thread runs waits for it instead of killing the daemon.
+    let signals = catch_signals();
     mount_fuse(&fuse, request, allow_other)?;
     let mountpoint = request.mountpoint.clone();
 
@@ -148,7 +151,9 @@ fn serve(stack: LayerStack, request: &MountRequest, report: &mut Option<File>) -
         drop(report);
         detach_stdio();
     }
-    watch_signals(mountpoint.clone());
+    if let Some(signals) = signals {
+        watch_signals(signals, mountpoint.clone());
+    }
 
     let result = session.run();
     drop(pid_file);
@@ -219,16 +224,20 @@ fn detach_stdio() {
     let _ = nix::unistd::dup2_stderr(null.as_fd());
 }
 
-/// Unmounts on SIGINT, SIGTERM or SIGHUP; the session then ends by itself.
-fn watch_signals(mountpoint: PathBuf) {
+/// Starts catching SIGINT, SIGTERM and SIGHUP.
+fn catch_signals() -> Option<signal_hook::iterator::Signals> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
-        Ok(signals) => signals,
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => Some(signals),
         Err(err) => {
-            warn!("cannot watch signals, so SIGTERM will not unmount cleanly: {err}");
-            return;
+            warn!("cannot catch signals, so SIGTERM will not unmount cleanly: {err}");
+            None
         }
-    };
+    }
+}
+
+/// Unmounts on the first caught signal; the session then ends by itself.
+fn watch_signals(mut signals: signal_hook::iterator::Signals, mountpoint: PathBuf) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -261,9 +270,13 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
 /// Unmounts a unionfs mount and waits for its daemon to exit. A lazy
 /// unmount returns at once: the daemon serves until the last user leaves.
 pub fn umount_command(mountpoint: &Path, lazy: bool, timeout: Duration) -> Result<()> {
-    // A mount whose daemon died answers ENOTCONN; it can still be unmounted.
+    // A mount whose daemon died answers ENOTCONN or ECONNABORTED; it can
+    // still be unmounted.
     if let Err(err) = mountpoint.symlink_metadata() {
-        if err.raw_os_error() != Some(libc::ENOTCONN) {
+        if !matches!(
+            err.raw_os_error(),
+            Some(libc::ENOTCONN | libc::ECONNABORTED)
+        ) {
             bail!("mountpoint {}: {err}; check the path", mountpoint.display());
         }
     }
@@ -420,7 +433,14 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        if let Some(path) = &self.0 {
+        let Some(path) = &self.0 else {
+            return;
+        };
+        // A new mount may have reused this device number and written its own
+        // pid here already; leave that one alone.
+        let ours = std::process::id().to_string();
+        let content = std::fs::read_to_string(path).unwrap_or_default();
+        if content.split_whitespace().next() == Some(ours.as_str()) {
             let _ = std::fs::remove_file(path);
         }
     }

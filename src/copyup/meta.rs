@@ -96,7 +96,9 @@ fn set_xattrs(target: Target<'_>, xattrs: &[(OsString, Vec<u8>)]) -> io::Result<
     for (name, value) in xattrs {
         let set = match target {
             Target::Fd(fd) => xattr::set(fd, name, value, 0),
-            Target::Named { dir, name: entry, .. } => xattr::set_at(dir, entry, name, value, 0),
+            Target::Named {
+                dir, name: entry, ..
+            } => xattr::set_at(dir, entry, name, value, 0),
         };
         match set {
             Ok(()) => {}

@@ -161,20 +161,34 @@ fn c_entry(entry: &OsStr) -> io::Result<CString> {
 pub fn get_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
     let (path, attr) = (c_entry(entry)?, c_name(name)?);
     let read = |buf: *mut libc::c_void, size: usize| {
-        let args = XattrArgs { value: buf as u64, size: size as u32, flags: 0 };
+        let args = XattrArgs {
+            value: buf as u64,
+            size: size as u32,
+            flags: 0,
+        };
         try_at(|| {
             // SAFETY: `path` and `attr` are NUL-terminated; `args` points at a
             // buffer of `size` writable bytes (or is null with size 0) owned
             // by `read_sized` for the duration of the call.
             unsafe {
-                libc::syscall(SYS_GETXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr(), &args, size_of_args())
+                libc::syscall(
+                    SYS_GETXATTRAT,
+                    dir.as_raw_fd(),
+                    path.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    attr.as_ptr(),
+                    &args,
+                    size_of_args(),
+                )
             }
         })
     };
     if read(std::ptr::null_mut(), 0).is_none() {
         return get(open_entry(dir, entry)?.as_fd(), name);
     }
-    match read_sized(|buf, size| read(buf, size).unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ENOSYS)))) {
+    match read_sized(|buf, size| {
+        read(buf, size).unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ENOSYS)))
+    }) {
         Ok(value) => Ok(Some(value)),
         Err(err) if err.raw_os_error() == Some(libc::ENODATA) => Ok(None),
         Err(err) => Err(err),
@@ -188,25 +202,54 @@ pub fn list_at(dir: BorrowedFd<'_>, entry: &OsStr) -> io::Result<Vec<OsString>> 
         try_at(|| {
             // SAFETY: `path` is NUL-terminated; `buf` is null with size 0 or
             // points at `size` writable bytes owned by `read_sized`.
-            unsafe { libc::syscall(SYS_LISTXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, buf, size) }
+            unsafe {
+                libc::syscall(
+                    SYS_LISTXATTRAT,
+                    dir.as_raw_fd(),
+                    path.as_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                    buf,
+                    size,
+                )
+            }
         })
     };
     if read(std::ptr::null_mut(), 0).is_none() {
         return list(open_entry(dir, entry)?.as_fd());
     }
-    let raw = read_sized(|buf, size| read(buf, size).unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ENOSYS))))?;
+    let raw = read_sized(|buf, size| {
+        read(buf, size).unwrap_or_else(|| Err(io::Error::from_raw_os_error(libc::ENOSYS)))
+    })?;
     Ok(split_names(&raw))
 }
 
 /// Sets attribute `name` of `entry` in directory `dir`.
-pub fn set_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+pub fn set_at(
+    dir: BorrowedFd<'_>,
+    entry: &OsStr,
+    name: &OsStr,
+    value: &[u8],
+    flags: i32,
+) -> io::Result<()> {
     let (path, attr) = (c_entry(entry)?, c_name(name)?);
-    let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+    let args = XattrArgs {
+        value: value.as_ptr() as u64,
+        size: value.len() as u32,
+        flags: flags as u32,
+    };
     let result = try_at(|| {
         // SAFETY: `path` and `attr` are NUL-terminated and `args` points at
         // `value`, which outlives the call.
         unsafe {
-            libc::syscall(SYS_SETXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr(), &args, size_of_args())
+            libc::syscall(
+                SYS_SETXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+                &args,
+                size_of_args(),
+            )
         }
     });
     match result {
@@ -220,7 +263,15 @@ pub fn remove_at(dir: BorrowedFd<'_>, entry: &OsStr, name: &OsStr) -> io::Result
     let (path, attr) = (c_entry(entry)?, c_name(name)?);
     let result = try_at(|| {
         // SAFETY: `path` and `attr` are NUL-terminated.
-        unsafe { libc::syscall(SYS_REMOVEXATTRAT, dir.as_raw_fd(), path.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, attr.as_ptr()) }
+        unsafe {
+            libc::syscall(
+                SYS_REMOVEXATTRAT,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                attr.as_ptr(),
+            )
+        }
     });
     match result {
         Some(result) => result.map(drop),
@@ -233,7 +284,10 @@ fn size_of_args() -> usize {
 }
 
 fn split_names(raw: &[u8]) -> Vec<OsString> {
-    raw.split(|&byte| byte == 0).filter(|name| !name.is_empty()).map(|name| OsString::from_vec(name.to_vec())).collect()
+    raw.split(|&byte| byte == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| OsString::from_vec(name.to_vec()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -261,5 +315,4 @@ mod tests {
         remove(fd.as_fd(), name).unwrap();
         assert_eq!(get(fd.as_fd(), name).unwrap(), None);
     }
-
 }

@@ -68,13 +68,17 @@ impl Union {
     }
 
     fn truncate(&self, place: &Place, fh: Option<u64>, size: u64, kill: bool) -> io::Result<()> {
-        let handle = fh.and_then(|fh| self.handles.file(fh).ok()).filter(|handle| handle.is_writable());
+        let handle = fh
+            .and_then(|fh| self.handles.file(fh).ok())
+            .filter(|handle| handle.is_writable());
         let file = match (handle, place) {
             (Some(handle), _) => handle.file(),
-            (None, Place::Entry { parent, name }) => {
-                std::sync::Arc::new(File::from(real::open_at(parent.as_fd(), name, OFlag::O_WRONLY, 0)?))
+            (None, Place::Entry { parent, name }) => std::sync::Arc::new(File::from(
+                real::open_at(parent.as_fd(), name, OFlag::O_WRONLY, 0)?,
+            )),
+            (None, Place::Orphan(fd)) => {
+                std::sync::Arc::new(File::from(real::reopen(fd.as_fd(), OFlag::O_WRONLY)?))
             }
-            (None, Place::Orphan(fd)) => std::sync::Arc::new(File::from(real::reopen(fd.as_fd(), OFlag::O_WRONLY)?)),
             (None, Place::Dir(_)) => return Err(errno(libc::EISDIR)),
         };
         file.set_len(size)?;
@@ -108,7 +112,14 @@ impl Union {
     }
 
     /// Sets xattr `name` of node `ino` for thread `tid`.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32, tid: u32) -> io::Result<()> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        tid: u32,
+    ) -> io::Result<()> {
         if whiteout::is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
@@ -116,7 +127,10 @@ impl Union {
         let place = self.copy_up_for_change(&node, tid, None)?;
         match &place {
             Place::Dir(fd) | Place::Orphan(fd) => xattr::set(fd.as_fd(), name, value, flags),
-            Place::Entry { parent, name: entry } => xattr::set_at(parent.as_fd(), entry, name, value, flags),
+            Place::Entry {
+                parent,
+                name: entry,
+            } => xattr::set_at(parent.as_fd(), entry, name, value, flags),
         }
     }
 
@@ -132,7 +146,10 @@ impl Union {
         let place = self.copy_up_for_change(&node, tid, None)?;
         match &place {
             Place::Dir(fd) | Place::Orphan(fd) => xattr::remove(fd.as_fd(), name),
-            Place::Entry { parent, name: entry } => xattr::remove_at(parent.as_fd(), entry, name),
+            Place::Entry {
+                parent,
+                name: entry,
+            } => xattr::remove_at(parent.as_fd(), entry, name),
         }
     }
 }
@@ -155,7 +172,10 @@ pub(super) fn drop_setid(file: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
 fn get_xattr(place: &Place, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
     match place {
         Place::Dir(fd) | Place::Orphan(fd) => xattr::get(fd.as_fd(), name),
-        Place::Entry { parent, name: entry } => xattr::get_at(parent.as_fd(), entry, name),
+        Place::Entry {
+            parent,
+            name: entry,
+        } => xattr::get_at(parent.as_fd(), entry, name),
     }
 }
 

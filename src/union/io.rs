@@ -8,7 +8,9 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use fuser::BackingId;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use nix::unistd::Whence;
 
 use super::create::{Caller, NewKind, NewObject, real_open_flags};
 use super::{Copied, Place, Union, Which, errno};
-use crate::handle::FileHandle;
+use crate::handle::{FileHandle, IoMode};
 use crate::inode::Node;
 use crate::readdir::DirEntry;
 use crate::real;
@@ -26,17 +28,24 @@ use crate::real;
 /// A file opened through the merged view.
 pub struct Opened {
     pub fh: u64,
-    /// The real file's data may stay in the kernel's page cache.
-    pub keep_cache: bool,
-    /// Reads and writes must bypass the kernel's page cache, because the
-    /// kernel inode also stands for another object (a split hard link).
-    pub direct_io: bool,
+    pub mode: IoMode,
+    /// The backing file to name in a passthrough reply.
+    pub backing: Option<Arc<BackingId>>,
 }
+
+/// Registers a real file with the kernel for passthrough; the FUSE glue
+/// provides it from the reply being built.
+pub type RegisterBacking<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>;
 
 impl Union {
     /// Opens regular file node `ino` with open(2) `flags` for `caller`.
-    pub fn open(&self, ino: u64, flags: i32, caller: Caller) -> io::Result<Opened> {
-        let tid = caller.pid;
+    pub fn open(
+        &self,
+        ino: u64,
+        flags: i32,
+        caller: Caller,
+        register: RegisterBacking<'_>,
+    ) -> io::Result<Opened> {
         let node = self.node(ino)?;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let mut split = None;
@@ -46,27 +55,20 @@ impl Union {
             } else {
                 None
             };
-            if let Copied::Split(place) = self.copy_up_as(&node, Which::Thread(tid), keep)? {
+            if let Copied::Split(place) = self.copy_up_as(&node, Which::Thread(caller.pid), keep)? {
                 split = Some(place);
             }
         }
         let epoch = node.epoch();
-        let direct_io = split.is_some();
-        let file = match split {
-            Some(place) => open_place(&place, real_open_flags(flags), false)?,
+        let file = match &split {
+            Some(place) => open_place(place, real_open_flags(flags), false)?,
             None => self.open_real(&node, real_open_flags(flags))?,
         };
         // Truncating drops setuid and setgid bits unless the caller may keep them.
         if flags & libc::O_TRUNC != 0 && caller.uid != 0 {
             super::attr::drop_setid(file.as_fd())?;
         }
-        let handle = FileHandle::new(node, file, flags, epoch);
-        let fh = self.handles.insert_file(handle);
-        Ok(Opened {
-            fh,
-            keep_cache: !direct_io,
-            direct_io,
-        })
+        self.start_handle(node, file, flags, epoch, split.is_some(), register)
     }
 
     /// Creates regular file `name` in `parent` and opens it.
@@ -74,11 +76,10 @@ impl Union {
         &self,
         caller: Caller,
         parent: u64,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
+        new: (&OsStr, u32, u32, i32),
+        register: RegisterBacking<'_>,
     ) -> io::Result<(Arc<Node>, FileAttr, Opened)> {
+        let (name, mode, umask, flags) = new;
         let new = NewObject {
             kind: NewKind::File { flags },
             mode,
@@ -87,18 +88,72 @@ impl Union {
         let (node, attr, file) = self.create(caller, parent, name, &new)?;
         let file = file.ok_or_else(|| errno(libc::EIO))?;
         let epoch = node.epoch();
-        let fh = self
-            .handles
-            .insert_file(FileHandle::new(node.clone(), file, flags, epoch));
-        Ok((
-            node,
-            attr,
-            Opened {
-                fh,
-                keep_cache: true,
-                direct_io: false,
-            },
-        ))
+        let opened = self.start_handle(node.clone(), file, flags, epoch, false, register)?;
+        Ok((node, attr, opened))
+    }
+
+    /// Chooses the I/O mode of a new handle on `node` and stores the handle.
+    ///
+    /// Passthrough serves files in the upper layer only: a lower file's
+    /// handles must switch to the upper copy after a copy-up, which the
+    /// kernel's fixed backing file could not do. A split name's writer uses
+    /// direct I/O, because its kernel inode also shows the other names.
+    fn start_handle(
+        &self,
+        node: Arc<Node>,
+        file: File,
+        flags: i32,
+        epoch: u64,
+        split: bool,
+        register: RegisterBacking<'_>,
+    ) -> io::Result<Opened> {
+        let file = Arc::new(file);
+        let in_upper = !split && self.stack.upper().is_some() && node.state().layer == 0;
+        let mut modes = node.open_modes.lock();
+        let mut backing = None;
+        let mode = if split {
+            IoMode::Direct
+        } else if in_upper && modes.cached == 0 && self.passthrough.is_on() {
+            backing = modes
+                .backing
+                .clone()
+                .or_else(|| self.register_backing(&file, register));
+            modes.backing = backing.clone();
+            if backing.is_some() {
+                IoMode::Passthrough
+            } else {
+                IoMode::Cached
+            }
+        } else if modes.passthrough > 0 {
+            IoMode::Direct
+        } else {
+            IoMode::Cached
+        };
+        match mode {
+            IoMode::Cached => modes.cached += 1,
+            IoMode::Passthrough => modes.passthrough += 1,
+            IoMode::Direct => {}
+        }
+        drop(modes);
+        let handle = FileHandle::new(node, file, flags, epoch, mode);
+        let fh = self.handles.insert_file(handle);
+        Ok(Opened { fh, mode, backing })
+    }
+
+    /// Registers `file` for passthrough; turns passthrough off for the rest
+    /// of the mount when the kernel refuses.
+    fn register_backing(
+        &self,
+        file: &File,
+        register: RegisterBacking<'_>,
+    ) -> Option<Arc<BackingId>> {
+        match register(file.as_fd()) {
+            Ok(backing) => Some(Arc::new(backing)),
+            Err(err) => {
+                self.passthrough.turn_off(&err);
+                None
+            }
+        }
     }
 
     fn open_real(&self, node: &Node, flags: i32) -> io::Result<File> {
@@ -116,7 +171,7 @@ impl Union {
         }
         let epoch = handle.node.epoch();
         let file = self.open_real(&handle.node, real_open_flags(handle.flags & !libc::O_TRUNC))?;
-        let file = handle.replace(file, epoch);
+        let file = handle.replace(Arc::new(file), epoch);
         Ok((handle, file))
     }
 
@@ -153,7 +208,21 @@ impl Union {
 
     /// Closes handle `fh`.
     pub fn release(&self, fh: u64) {
-        self.handles.remove_file(fh);
+        let Some(handle) = self.handles.remove_file(fh) else {
+            return;
+        };
+        let mut modes = handle.node.open_modes.lock();
+        match handle.mode {
+            IoMode::Cached => modes.cached = modes.cached.saturating_sub(1),
+            IoMode::Passthrough => {
+                modes.passthrough = modes.passthrough.saturating_sub(1);
+                if modes.passthrough == 0 {
+                    // Dropping the last reference closes the backing id.
+                    modes.backing = None;
+                }
+            }
+            IoMode::Direct => {}
+        }
     }
 
     /// Flushes handle `fh`'s data (and metadata unless `datasync`) to disk.

@@ -43,6 +43,27 @@ pub struct Union {
     /// Tells the kernel about changes it cannot see; set once the FUSE
     /// session exists.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Whether upper-layer files are served by FUSE passthrough.
+    passthrough: Passthrough,
+}
+
+/// The passthrough switch: on once the kernel grants the capability, off
+/// for good at the first refused registration.
+#[derive(Default)]
+pub struct Passthrough(std::sync::atomic::AtomicBool);
+
+impl Passthrough {
+    fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn turn_off(&self, err: &stdio::Error) {
+        if self.0.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "FUSE passthrough refused ({err}); upper-layer files are served through the daemon"
+            );
+        }
+    }
 }
 
 /// Where a node's real object can be reached.
@@ -71,12 +92,22 @@ impl Union {
             handles: HandleTable::default(),
             stack,
             notifier: Arc::new(OnceLock::new()),
+            passthrough: Passthrough::default(),
         })
     }
 
     /// Returns the slot to put the session's notifier in once it exists.
     pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
         self.notifier.clone()
+    }
+
+    /// Serves upper-layer files by FUSE passthrough from now on; called once
+    /// the kernel granted the capability.
+    pub fn enable_passthrough(&self) {
+        self.passthrough
+            .0
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        log::info!("FUSE passthrough on for upper-layer files");
     }
 
     /// Makes the kernel drop its cached attributes of node `ino`, after its
