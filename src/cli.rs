@@ -60,6 +60,9 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Run COMMAND in a container whose root filesystem is the union of
+    /// LAYERS (the container layer first, then image layers)
+    Run(Box<crate::launcher::RunArgs>),
 }
 
 #[derive(Args, Debug, Default)]
@@ -97,6 +100,7 @@ pub fn main() -> i32 {
             logging::to_stderr(logging::level(0));
             mount::umount_command(&mountpoint, lazy, Duration::from_secs(timeout))
         }
+        Some(Command::Run(args)) => return crate::launcher::main(*args),
         None => match (cli.source, cli.mountpoint) {
             (Some(source), Some(mountpoint)) => {
                 run_mount(Some(source), mountpoint, cli.mount, false)

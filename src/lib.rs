@@ -13,6 +13,7 @@ pub mod copyup;
 pub mod fs;
 pub mod handle;
 pub mod inode;
+pub mod launcher;
 pub mod logging;
 pub mod lookup;
 pub mod mount;

@@ -7,8 +7,12 @@
 
 #![allow(unsafe_code)]
 
+pub mod exec;
+pub mod fdpass;
 pub mod file;
+pub mod net;
 pub mod process;
+pub mod terminal;
 pub mod xattr;
 
 use std::ffi::CString;
