@@ -158,9 +158,4 @@ impl HandleTable {
     pub fn remove_dir(&self, id: u64) {
         self.dirs.remove(&id);
     }
-
-    /// Returns true when some handle has node `ino` open.
-    pub fn is_open(&self, ino: u64) -> bool {
-        self.files.iter().any(|handle| handle.node.ino == ino)
-    }
 }

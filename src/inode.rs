@@ -97,6 +97,8 @@ impl RealState {
 /// and wants one backing file for all passthrough handles of an inode.
 #[derive(Default)]
 pub struct OpenModes {
+    /// Every open handle, whatever its mode.
+    pub handles: u32,
     pub cached: u32,
     pub passthrough: u32,
     /// The real file registered with the kernel for passthrough.

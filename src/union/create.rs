@@ -19,7 +19,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
-use super::{Union, attr_of, errno};
+use super::{Union, attr_of, errno, upper_opacity};
 use crate::copyup::meta::{self, Target};
 use crate::inode::{Alias, LayerDir, Node, RealState};
 use crate::lookup;
@@ -266,15 +266,6 @@ impl Union {
         let node = self.table.look_up(state, false, alias);
         Ok((node.clone(), attr_of(node.ino, &stat, false)))
     }
-}
-
-/// The opacity of directory node's upper directory.
-fn upper_opacity(node: &Node) -> Opacity {
-    node.state()
-        .dirs
-        .first()
-        .filter(|dir| dir.layer == 0)
-        .map_or(Opacity::Transparent, |dir| dir.opacity)
 }
 
 fn has_default_acl(dir: BorrowedFd<'_>) -> bool {

@@ -129,6 +129,7 @@ impl Union {
         } else {
             IoMode::Cached
         };
+        modes.handles += 1;
         match mode {
             IoMode::Cached => modes.cached += 1,
             IoMode::Passthrough => modes.passthrough += 1,
@@ -212,6 +213,7 @@ impl Union {
             return;
         };
         let mut modes = handle.node.open_modes.lock();
+        modes.handles = modes.handles.saturating_sub(1);
         match handle.mode {
             IoMode::Cached => modes.cached = modes.cached.saturating_sub(1),
             IoMode::Passthrough => {

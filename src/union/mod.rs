@@ -396,6 +396,18 @@ impl Union {
         self.stack.upper().is_some() && node.state().is_shared_lower()
     }
 
+    /// Returns true when removing `found`, named `name` in `parent`, needs a
+    /// whiteout: some lower layer shows that name. An object found in a lower
+    /// layer answers that at once; one found in the upper layer needs a look
+    /// at the layers below it.
+    fn needs_whiteout(&self, parent: &Node, name: &OsStr, found: &Found) -> stdio::Result<bool> {
+        let lower_dir = found.state.dirs.iter().any(|dir| dir.layer != 0);
+        if found.state.layer != 0 || lower_dir {
+            return Ok(true);
+        }
+        self.lower_has(parent, name)
+    }
+
     /// Returns true when some layer below the upper one shows `name` in
     /// directory node `parent`, so removing it needs a whiteout.
     fn lower_has(&self, parent: &Node, name: &OsStr) -> stdio::Result<bool> {
@@ -436,6 +448,16 @@ fn dir_in_layer(node: &Node, layer: usize) -> stdio::Result<Arc<OwnedFd>> {
         .find(|dir| dir.layer == layer)
         .map(|dir| dir.fd.clone())
         .ok_or_else(|| errno(libc::ESTALE))
+}
+
+/// Returns the opacity of directory node's upper directory (transparent
+/// when it has none).
+fn upper_opacity(node: &Node) -> whiteout::Opacity {
+    node.state()
+        .dirs
+        .first()
+        .filter(|dir| dir.layer == 0)
+        .map_or(whiteout::Opacity::Transparent, |dir| dir.opacity)
 }
 
 /// Returns directory node's upper directory, if it has one.

@@ -55,14 +55,15 @@ impl Union {
             .ok();
         let dir = self.upper_dir(parent)?;
         let in_upper = found.state.layer == 0;
+        // An open file keeps working after its last name goes: hold on to it.
         let orphan = match &node {
-            Some(node) if !node.is_dir => {
+            Some(node) if !node.is_dir && node.open_modes.lock().handles > 0 => {
                 real::open_path(dir_in_layer(parent, found.state.layer)?.as_fd(), name).ok()
             }
             _ => None,
         };
 
-        if self.lower_has(parent, name)? {
+        if self.needs_whiteout(parent, name, found)? {
             upper
                 .whiteouts
                 .remove_and_hide(&upper.work, dir.as_fd(), name, in_upper)?;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use log::debug;
 use nix::fcntl::RenameFlags;
 
-use super::{Copied, Union, Which, errno, readdir, upper_dir_of};
+use super::{Copied, Union, Which, errno, readdir, upper_dir_of, upper_opacity};
 use crate::inode::{Alias, Node};
 use crate::lookup::Found;
 use crate::real;
@@ -283,17 +283,4 @@ fn check(src: &Found, dst: Option<&Found>, flags: RenameFlags) -> io::Result<()>
         Some(dst) if !dst.is_dir() && src.is_dir() => Err(errno(libc::ENOTDIR)),
         _ => Ok(()),
     }
-}
-
-/// The opacity of directory node's upper directory.
-fn upper_opacity(node: &Node) -> Opacity {
-    upper_dir_state(node).map_or(Opacity::Transparent, |dir| dir.opacity)
-}
-
-fn upper_dir_state(node: &Node) -> Option<crate::inode::LayerDir> {
-    node.state()
-        .dirs
-        .first()
-        .filter(|dir| dir.layer == 0)
-        .cloned()
 }
