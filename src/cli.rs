@@ -126,6 +126,16 @@ fn run_mount(
     args: MountArgs,
     layers_given: bool,
 ) -> Result<()> {
+    // mount(8) runs `mount -o remount,...` through mount.fuse3 as this form.
+    let remount = args
+        .options
+        .iter()
+        .flat_map(|opt| opt.split(','))
+        .any(|opt| opt == "remount");
+    if remount {
+        logging::to_stderr(logging::level(args.verbose));
+        return mount::remount(&mountpoint, &args.options);
+    }
     let options = options::resolve(source.as_deref(), &args.options)?;
     if layers_given
         && args

@@ -29,7 +29,7 @@ use crate::union::{Caller, NewKind, NewObject, Opened, SetAttr, Union};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 
 /// Capabilities asked of the kernel at init, each granted only if supported.
-const WANTED: [InitFlags; 9] = [
+const WANTED: [InitFlags; 8] = [
     // Apply the umask here, so a default ACL on the parent can replace it.
     InitFlags::FUSE_DONT_MASK,
     // Pass O_TRUNC to open, so a truncating open copies up no data.
@@ -39,9 +39,6 @@ const WANTED: [InitFlags; 9] = [
     InitFlags::FUSE_BIG_WRITES,
     // Keep shared mmap working on files opened with direct I/O.
     InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
-    // Clear setuid bits here on write, instead of the kernel asking for
-    // security.capability before every write.
-    InitFlags::FUSE_HANDLE_KILLPRIV_V2,
     // Send attributes with directory entries when the caller stats them.
     InitFlags::FUSE_DO_READDIRPLUS,
     InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -259,7 +256,6 @@ impl Filesystem for UnionFs {
             mtime,
             fh: fh.map(|fh| fh.0),
             tid: req.pid(),
-            drop_setid: size.is_some() && req.uid() != 0,
         };
         guard("setattr", reply, |reply| {
             self.reply_attr("setattr", reply, self.union.setattr(ino.0, &set))
@@ -424,14 +420,13 @@ impl Filesystem for UnionFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         guard("write", reply, |reply| {
-            let drop_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-            match self.union.write(fh.0, offset, data, drop_setid) {
+            match self.union.write(fh.0, offset, data) {
                 Ok(written) => reply.written(written),
                 Err(err) => reply.error(errno_of("write", &err)),
             }

@@ -17,7 +17,7 @@
 //! 1. `Node::copy_up` of one node at a time (parents are copied up before
 //!    the child's lock is taken, never while holding it);
 //! 2. `Node::state`;
-//! 3. `Node::aliases`, then `Node::hints`; `Node::open_modes`, which is
+//! 3. `Node::aliases`, then `Node::hidden_names`, then `Node::hints`; `Node::open_modes`, which is
 //!    never held with another node lock;
 //! 4. the shard locks inside the table's maps, held only for the map call.
 
@@ -112,6 +112,10 @@ pub struct Node {
     pub is_dir: bool,
     state: RwLock<RealState>,
     aliases: RwLock<Vec<Alias>>,
+    /// Names the merged view no longer shows for the node (removed, or split
+    /// off as in [`RealState::is_shared_lower`]) under which its object still
+    /// sits in its lower layer, so open descriptors can still reach it.
+    hidden_names: RwLock<Vec<Alias>>,
     /// The name each recent requesting thread looked the node up by, for a
     /// node with several lower names (see [`RealState::is_shared_lower`]).
     hints: Mutex<Vec<(u32, Alias)>>,
@@ -134,6 +138,7 @@ impl Node {
             is_dir,
             state: RwLock::new(state),
             aliases: RwLock::new(alias.into_iter().collect()),
+            hidden_names: RwLock::new(Vec::new()),
             hints: Mutex::new(Vec::new()),
             copy_up: Mutex::new(()),
             open_modes: Mutex::new(OpenModes::default()),
@@ -175,6 +180,21 @@ impl Node {
     /// a node whose names are all gone.
     pub fn alias(&self) -> Option<Alias> {
         self.aliases.read().first().cloned()
+    }
+
+    /// Returns a path to the node's object in its layer: its primary name,
+    /// or, when the merged view shows none, a hidden one in the lower layer.
+    pub fn path_in_layer(&self) -> Option<Alias> {
+        self.alias()
+            .or_else(|| self.hidden_names.read().first().cloned())
+    }
+
+    /// Moves name `alias` from the node's names to its hidden names: the
+    /// merged view stops showing the node there, but the node's lower
+    /// object stays reachable under it.
+    pub fn hide_name(&self, alias: &Alias) {
+        self.remove_alias(alias.parent.ino, &alias.name);
+        self.hidden_names.write().push(alias.clone());
     }
 
     /// Returns every known name of the node.

@@ -43,7 +43,7 @@ pub fn resolve(stack: &LayerStack, dirs: &[LayerDir], name: &OsStr) -> io::Resul
             Entry::Present(stat) => stat,
         };
         let Some(top) = found.as_mut() else {
-            let identity = identity(stack, dir.layer, &stat);
+            let identity = identity(stack, &stat);
             let state = RealState {
                 layer: dir.layer,
                 identity,
@@ -87,10 +87,10 @@ fn push_layer_dir(
     Ok(opacity == Opacity::Opaque)
 }
 
-/// Returns the identity of a real object found in layer `layer`.
-pub fn identity(stack: &LayerStack, layer: usize, stat: &FileStat) -> Identity {
+/// Returns the identity of the real object `stat` describes.
+pub fn identity(stack: &LayerStack, stat: &FileStat) -> Identity {
     Identity {
-        fs_index: stack.layers()[layer].fs_index,
+        fs_index: stack.fs_index(stat.st_dev),
         ino: stat.st_ino,
     }
 }
@@ -114,7 +114,7 @@ pub fn root_state(stack: &LayerStack) -> io::Result<(RealState, FileStat)> {
     let stat = real::stat_fd(stack.root(0))?;
     let state = RealState {
         layer: 0,
-        identity: identity(stack, 0, &stat),
+        identity: identity(stack, &stat),
         nlink: stat.st_nlink,
         dirs,
         orphan: None,

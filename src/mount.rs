@@ -95,9 +95,24 @@ fn wait_for_daemon(read_end: OwnedFd, child: nix::unistd::Pid) -> Result<()> {
     bail!("{message}")
 }
 
+/// Raises the open file limit as far as the system allows: the daemon
+/// holds one descriptor per layer for every directory the kernel keeps
+/// cached.
+// NOTE: the kernel decides how many directories stay cached, so a walk of
+// enough directories can still exhaust the limit; requests then fail with
+// EMFILE until the kernel forgets some.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // Root may raise the hard limit up to the kernel's nr_open.
+    let system_max = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let wanted = system_max.max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() {
         if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             warn!("cannot raise the open file limit to {hard}: {err}");
         }
@@ -323,11 +338,105 @@ pub fn umount_command(mountpoint: &Path, lazy: bool, timeout: Duration) -> Resul
     Ok(())
 }
 
+/// Changes the flags of the unionfs mount at `mountpoint`, as
+/// `mount -o remount,...` asks through mount.fuse3. Flags not named in
+/// `options` (the `-o` arguments, `remount` among them) keep their current
+/// values; layer and FUSE options are ignored, since a remount cannot
+/// change them.
+pub fn remount(mountpoint: &Path, options: &[String]) -> Result<()> {
+    let Some(mount) = find_mount(mountpoint) else {
+        bail!(
+            "{} is not a mountpoint; check the path",
+            mountpoint.display()
+        );
+    };
+    if mount.fstype != "fuse.unionfs" {
+        bail!(
+            "{} is a {} mount, not a unionfs one",
+            mountpoint.display(),
+            mount.fstype
+        );
+    }
+    let mut flags = MsFlags::MS_REMOUNT;
+    let current = mount.options.split(',').map(str::to_string);
+    let requested = options
+        .iter()
+        .flat_map(|opt| opt.split(','))
+        .map(str::to_string);
+    for token in current.chain(requested) {
+        let token = token.as_str();
+        let (name, _) = token.split_once('=').unwrap_or((token, ""));
+        match name {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => flags &= !MsFlags::MS_RDONLY,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "suid" => flags &= !MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "dev" => flags &= !MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "exec" => flags &= !MsFlags::MS_NOEXEC,
+            "noatime" => {
+                flags =
+                    (flags - MsFlags::MS_RELATIME - MsFlags::MS_STRICTATIME) | MsFlags::MS_NOATIME
+            }
+            "relatime" | "atime" => {
+                flags =
+                    (flags - MsFlags::MS_NOATIME - MsFlags::MS_STRICTATIME) | MsFlags::MS_RELATIME
+            }
+            "strictatime" => {
+                flags =
+                    (flags - MsFlags::MS_NOATIME - MsFlags::MS_RELATIME) | MsFlags::MS_STRICTATIME
+            }
+            "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+            "diratime" => flags &= !MsFlags::MS_NODIRATIME,
+            "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
+            "async" => flags &= !MsFlags::MS_SYNCHRONOUS,
+            "dirsync" => flags |= MsFlags::MS_DIRSYNC,
+            _ if REMOUNT_IGNORED.contains(&name) || name.starts_with("x-") || name.is_empty() => {}
+            _ => bail!(
+                "unknown mount option '{token}' for a remount; check the spelling or remove it"
+            ),
+        }
+    }
+    nix::mount::mount(None::<&str>, mountpoint, None::<&str>, flags, None::<&str>)
+        .with_context(|| format!("cannot remount {}", mountpoint.display()))
+}
+
+/// Options a remount accepts and ignores: mount(8) and mount.fuse3 repeat
+/// the original mount's options, and the layers or FUSE settings they name
+/// cannot change on a live mount.
+const REMOUNT_IGNORED: &[&str] = &[
+    "remount",
+    "defaults",
+    "nofail",
+    "_netdev",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "user_id",
+    "group_id",
+    "default_permissions",
+    "allow_other",
+    "fsname",
+    "subtype",
+    "lowerdir",
+    "upperdir",
+    "workdir",
+    "whiteout",
+    "volatile",
+    "threads",
+    "comment",
+];
+
 /// A mount listed in /proc/self/mountinfo.
 struct MountEntry {
     /// `major:minor` of the mounted filesystem.
     device: String,
     fstype: String,
+    /// Per-mount options, such as `rw,nosuid,nodev,relatime`.
+    options: String,
 }
 
 /// Returns the topmost mount at `path`, or `None` when no mount is there.
@@ -345,6 +454,7 @@ fn find_mount(path: &Path) -> Option<MountEntry> {
         Some(MountEntry {
             device: fields.get(2)?.to_string(),
             fstype: fields.get(separator + 1)?.to_string(),
+            options: fields.get(5)?.to_string(),
         })
     })
 }

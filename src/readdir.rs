@@ -39,6 +39,9 @@ pub fn list(
     // need the set of names already taken.
     let mut taken: Option<HashSet<OsString>> = (dirs.len() > 1).then(HashSet::new);
     for dir in dirs {
+        // d_ino is on the directory's filesystem.
+        // NOTE: for a mountpoint inside a layer it is the covered directory's
+        // number, not that of the mounted root that stat reports.
         let fs_index = stack.layers()[dir.layer].fs_index;
         let mut hidden_below = Vec::new();
         let fd = if stack.upper_index() == Some(dir.layer) {

@@ -84,13 +84,22 @@ pub fn reopen_dir_noatime(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     }
 }
 
-/// Opens `name` in `dir` like [`open_at`], adding `O_NOATIME` where the
-/// daemon may, so reading a lower file leaves its access time alone.
-pub fn open_noatime(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag) -> io::Result<OwnedFd> {
-    match open_at(dir, name, flags | OFlag::O_NOATIME, 0) {
-        Err(err) if err.raw_os_error() == Some(libc::EPERM) => open_at(dir, name, flags, 0),
-        result => result,
+/// Opens regular file `name` in `dir` for I/O with `flags`; returns the
+/// file and its stat. The object is first opened as `O_PATH` and checked:
+/// anything but a regular file fails with `EINVAL` without ever being
+/// opened for I/O, so a device node swapped in under the name cannot make
+/// the daemon open a device.
+pub fn open_regular(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlag,
+) -> io::Result<(OwnedFd, FileStat)> {
+    let path_fd = open_path(dir, name)?;
+    let stat = stat_fd(&path_fd)?;
+    if kind(&stat) != SFlag::S_IFREG {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
+    Ok((reopen(path_fd.as_fd(), flags)?, stat))
 }
 
 /// Opens any object as an `O_PATH` descriptor, which allows no I/O but serves
@@ -104,11 +113,16 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
 /// Used for objects that lost their name, such as an open file after unlink.
 pub fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> io::Result<OwnedFd> {
     let path = crate::sys::proc_fd_path(fd);
-    Ok(nix::fcntl::open(
-        path.as_c_str(),
-        (flags | OFlag::O_CLOEXEC) & !OFlag::O_CREAT,
-        Mode::empty(),
-    )?)
+    let flags = (flags | OFlag::O_CLOEXEC) & !OFlag::O_CREAT;
+    match nix::fcntl::open(path.as_c_str(), flags, Mode::empty()) {
+        // O_NOATIME needs ownership or CAP_FOWNER; it is only an optimisation.
+        Err(Errno::EPERM) if flags.contains(OFlag::O_NOATIME) => Ok(nix::fcntl::open(
+            path.as_c_str(),
+            flags - OFlag::O_NOATIME,
+            Mode::empty(),
+        )?),
+        result => Ok(result?),
+    }
 }
 
 /// Stats `name` in `dir` without following a symlink; `None` when absent.

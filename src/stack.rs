@@ -54,7 +54,11 @@ pub struct Upper {
 pub struct LayerStack {
     layers: Vec<Layer>,
     upper: Option<Upper>,
-    fs_count: usize,
+    /// Index of every filesystem seen, by device: the layers' own first, in
+    /// stack order, then any mounted inside a layer, as lookups meet them.
+    devices: dashmap::DashMap<u64, usize>,
+    /// Held while a new filesystem gets its index, so indexes stay unique.
+    new_device: parking_lot::Mutex<()>,
 }
 
 /// A layer or mount configuration that cannot be used.
@@ -120,7 +124,8 @@ impl LayerStack {
             }
         );
         Ok(LayerStack {
-            fs_count: devices.len(),
+            devices: devices.into_iter().collect(),
+            new_device: parking_lot::Mutex::new(()),
             layers,
             upper,
         })
@@ -146,9 +151,16 @@ impl LayerStack {
         self.upper.as_ref().map(|_| 0)
     }
 
-    /// Returns how many distinct filesystems hold the layers.
-    pub fn fs_count(&self) -> usize {
-        self.fs_count
+    /// Returns the index of the filesystem on device `dev`, assigning the
+    /// next free index to a filesystem not seen before. Inode numbers are
+    /// unique per filesystem, so this index makes them unique in the stack.
+    pub fn fs_index(&self, dev: u64) -> usize {
+        if let Some(index) = self.devices.get(&dev) {
+            return *index;
+        }
+        let _assigning = self.new_device.lock();
+        let next = self.devices.len();
+        *self.devices.entry(dev).or_insert(next)
     }
 }
 

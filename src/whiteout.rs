@@ -276,8 +276,11 @@ impl Writer {
         match self.opaque {
             OpaqueMarker::Xattr(name) => xattr::set(dir, OsStr::new(name), b"y", 0),
             OpaqueMarker::AufsFile => {
-                let flags = OFlag::O_CREAT | OFlag::O_WRONLY;
-                real::open_at(dir, OsStr::new(AUFS_OPAQUE), flags, 0o444).map(drop)
+                let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY;
+                match real::open_at(dir, OsStr::new(AUFS_OPAQUE), flags, 0o444) {
+                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+                    result => result.map(drop),
+                }
             }
         }
     }

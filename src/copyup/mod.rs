@@ -87,11 +87,8 @@ impl CopyUp<'_> {
 
     fn copy_file(&self) -> io::Result<Copied> {
         let work = &self.upper.work;
-        let src = File::from(real::open_noatime(
-            self.src_parent,
-            self.name,
-            OFlag::O_RDONLY,
-        )?);
+        let flags = OFlag::O_RDONLY | OFlag::O_NOATIME;
+        let src = File::from(real::open_regular(self.src_parent, self.name, flags)?.0);
         let xattrs = meta::read_xattrs(src.as_fd())?;
         let (dst, temp) = match work.tmpfile() {
             Ok(fd) => (File::from(fd), None),

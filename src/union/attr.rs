@@ -6,7 +6,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use fuser::{FileAttr, TimeOrNow};
 use nix::fcntl::{AtFlags, OFlag};
@@ -32,19 +32,24 @@ pub struct SetAttr {
     pub fh: Option<u64>,
     /// The requesting thread.
     pub tid: u32,
-    /// The caller lacks `CAP_FSETID`, so a truncate clears setuid and setgid.
-    pub drop_setid: bool,
 }
 
 impl Union {
     /// Changes the attributes of node `ino`; returns the new attributes.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> io::Result<FileAttr> {
         let node = self.node(ino)?;
-        // A truncate copies only the data that survives it.
-        let place = self.copy_up_for_change(&node, set.tid, set.size)?;
+        let place = match self.writable_handle(set.fh) {
+            // The handle's file already is the object to change: the open
+            // copied it up, or split its name off.
+            Some(handle) => Place::Orphan(std::sync::Arc::new(OwnedFd::from(
+                handle.file().try_clone()?,
+            ))),
+            // A truncate copies only the data that survives it.
+            None => self.copy_up_for_change(&node, set.tid, set.size)?,
+        };
 
         if let Some(size) = set.size {
-            self.truncate(&place, set.fh, size, set.drop_setid)?;
+            self.truncate(&place, set.fh, size)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
             chown(&place, set.uid, set.gid)?;
@@ -55,37 +60,33 @@ impl Union {
         if set.atime.is_some() || set.mtime.is_some() {
             set_times(&place, set.atime, set.mtime)?;
         }
-        match place {
-            Place::Entry { parent, name } if node.state().layer != 0 => {
-                // A split name: the node still shows the other names.
-                let stat =
-                    real::stat_at(parent.as_fd(), &name)?.ok_or_else(|| errno(libc::ENOENT))?;
-                let identity = crate::lookup::identity(&self.stack, 0, &stat);
-                Ok(super::attr_of(self.table.ino_for(identity), &stat, false))
-            }
-            _ => self.getattr(ino),
-        }
+        // After a split the reply still describes the node, which keeps
+        // showing the other names' lower object: the kernel applies these
+        // attributes to the inode those names share.
+        self.getattr(ino)
     }
 
-    fn truncate(&self, place: &Place, fh: Option<u64>, size: u64, kill: bool) -> io::Result<()> {
-        let handle = fh
-            .and_then(|fh| self.handles.file(fh).ok())
-            .filter(|handle| handle.is_writable());
-        let file = match (handle, place) {
+    /// Returns file handle `fh` if it is open for writing.
+    fn writable_handle(
+        &self,
+        fh: Option<u64>,
+    ) -> Option<std::sync::Arc<crate::handle::FileHandle>> {
+        fh.and_then(|fh| self.handles.file(fh).ok())
+            .filter(|handle| handle.is_writable())
+    }
+
+    fn truncate(&self, place: &Place, fh: Option<u64>, size: u64) -> io::Result<()> {
+        let file = match (self.writable_handle(fh), place) {
             (Some(handle), _) => handle.file(),
             (None, Place::Entry { parent, name }) => std::sync::Arc::new(File::from(
-                real::open_at(parent.as_fd(), name, OFlag::O_WRONLY, 0)?,
+                real::open_regular(parent.as_fd(), name, OFlag::O_WRONLY)?.0,
             )),
             (None, Place::Orphan(fd)) => {
                 std::sync::Arc::new(File::from(real::reopen(fd.as_fd(), OFlag::O_WRONLY)?))
             }
             (None, Place::Dir(_)) => return Err(errno(libc::EISDIR)),
         };
-        file.set_len(size)?;
-        if kill {
-            drop_setid(file.as_fd())?;
-        }
-        Ok(())
+        file.set_len(size)
     }
 
     /// Returns the value of xattr `name` of node `ino`.
@@ -152,21 +153,6 @@ impl Union {
             } => xattr::remove_at(parent.as_fd(), entry, name),
         }
     }
-}
-
-/// Clears the setuid bit, and the setgid bit of a group-executable file,
-/// as the kernel does when a caller without `CAP_FSETID` writes or
-/// truncates (a setgid bit without group execute marks mandatory locking).
-pub(super) fn drop_setid(file: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    let mode = real::stat_fd(file)?.st_mode;
-    let mut kept = mode & !libc::S_ISUID;
-    if mode & libc::S_IXGRP != 0 {
-        kept &= !libc::S_ISGID;
-    }
-    if kept != mode {
-        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(kept & 0o7777))?;
-    }
-    Ok(())
 }
 
 fn get_xattr(place: &Place, name: &OsStr) -> io::Result<Option<Vec<u8>>> {

@@ -108,7 +108,7 @@ impl Union {
                 }]
             })
             .unwrap_or_default();
-        let identity = lookup::identity(&self.stack, 0, &stat);
+        let identity = lookup::identity(&self.stack, &stat);
         let state = RealState {
             layer: 0,
             identity,
@@ -258,7 +258,7 @@ impl Union {
         };
         let state = RealState {
             layer: 0,
-            identity: lookup::identity(&self.stack, 0, &stat),
+            identity: lookup::identity(&self.stack, &stat),
             nlink: stat.st_nlink,
             dirs: Vec::new(),
             orphan: None,

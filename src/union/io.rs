@@ -1,7 +1,7 @@
 //! File and directory I/O through handles.
 //!
-//! Opening a lower file for writing (or with `O_TRUNC`) copies it up first;
-//! `O_TRUNC` copies no data. Reads through a handle opened before a copy-up
+//! Opening a lower file for writing copies it up first; with `O_TRUNC`
+//! the copy-up copies no data. Reads through a handle opened before a copy-up
 //! switch to the upper copy. A directory listing is taken when reading
 //! starts at offset 0 and served from the handle after that.
 
@@ -19,7 +19,7 @@ use nix::fcntl::{FallocateFlags, OFlag};
 use nix::unistd::Whence;
 
 use super::create::{Caller, NewKind, NewObject, real_open_flags};
-use super::{Copied, Place, Union, Which, errno};
+use super::{Copied, MAX_RELOCATIONS, Place, Union, Which, errno};
 use crate::handle::{FileHandle, IoMode};
 use crate::inode::Node;
 use crate::readdir::DirEntry;
@@ -47,6 +47,11 @@ impl Union {
         register: RegisterBacking<'_>,
     ) -> io::Result<Opened> {
         let node = self.node(ino)?;
+        // With atomic O_TRUNC the kernel leaves truncating to the open, even
+        // for a read-only open.
+        // NOTE: so a read-only O_TRUNC open of a running program truncates
+        // it before the kernel's ETXTBSY check, which runs after the open;
+        // write opens are checked before it.
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let mut split = None;
         if writes {
@@ -61,13 +66,9 @@ impl Union {
         }
         let epoch = node.epoch();
         let file = match &split {
-            Some(place) => open_place(place, real_open_flags(flags), false)?,
+            Some(place) => open_place(place, real_open_flags(flags), false)?.0,
             None => self.open_real(&node, real_open_flags(flags))?,
         };
-        // Truncating drops setuid and setgid bits unless the caller may keep them.
-        if flags & libc::O_TRUNC != 0 && caller.uid != 0 {
-            super::attr::drop_setid(file.as_fd())?;
-        }
         self.start_handle(node, file, flags, epoch, split.is_some(), register)
     }
 
@@ -96,8 +97,13 @@ impl Union {
     ///
     /// Passthrough serves files in the upper layer only: a lower file's
     /// handles must switch to the upper copy after a copy-up, which the
-    /// kernel's fixed backing file could not do. A split name's writer uses
-    /// direct I/O, because its kernel inode also shows the other names.
+    /// kernel's fixed backing file could not do. Nor does it start on setuid
+    /// or setgid files: a passthrough write runs with the daemon's
+    /// credentials, which keep those bits where the writer's would clear
+    /// them. Once a file's handles use passthrough, later opens join them,
+    /// since the kernel fails any other mode beside a backing file. A split
+    /// name's writer uses direct I/O, because its kernel inode also shows
+    /// the other names.
     fn start_handle(
         &self,
         node: Arc<Node>,
@@ -109,23 +115,24 @@ impl Union {
     ) -> io::Result<Opened> {
         let file = Arc::new(file);
         let in_upper = !split && self.stack.upper().is_some() && node.state().layer == 0;
+        let eligible = in_upper && self.passthrough.is_on() && !is_setid(&file)?;
         let mut modes = node.open_modes.lock();
         let mut backing = None;
         let mode = if split {
             IoMode::Direct
-        } else if in_upper && modes.cached == 0 && self.passthrough.is_on() {
-            backing = modes
-                .backing
-                .clone()
-                .or_else(|| self.register_backing(&file, register));
+        } else if let Some(shared) = modes.backing.clone() {
+            // The kernel fails any other I/O mode on an inode with a backing
+            // file, so every open joins the passthrough ones.
+            backing = Some(shared);
+            IoMode::Passthrough
+        } else if eligible && modes.cached == 0 {
+            backing = self.register_backing(&file, register);
             modes.backing = backing.clone();
             if backing.is_some() {
                 IoMode::Passthrough
             } else {
                 IoMode::Cached
             }
-        } else if modes.passthrough > 0 {
-            IoMode::Direct
         } else {
             IoMode::Cached
         };
@@ -157,10 +164,23 @@ impl Union {
         }
     }
 
+    /// Opens node's real file. The name it is reached by may change under
+    /// a concurrent unlink or rename; a file that is not the node's object is
+    /// closed again and the node located anew.
     fn open_real(&self, node: &Node, flags: i32) -> io::Result<File> {
-        let (state, place) = self.locate(node)?;
-        let lower = self.stack.upper_index() != Some(state.layer);
-        open_place(&place, flags, lower)
+        for _ in 0..MAX_RELOCATIONS {
+            let (state, place) = self.locate(node)?;
+            let lower = self.stack.upper_index() != Some(state.layer);
+            match open_place(&place, flags, lower) {
+                Ok((file, stat)) if self.is_object_of(&state, &stat) => return Ok(file),
+                Ok(_) => continue,
+                Err(err) if real::is_absent(&err) || err.raw_os_error() == Some(libc::EINVAL) => {
+                    continue;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(errno(libc::ENOENT))
     }
 
     /// Returns handle `fh`'s real file, reopening it if the node was copied
@@ -194,16 +214,9 @@ impl Union {
     }
 
     /// Writes `data` at `offset`.
-    ///
-    /// `drop_setid` is set when the writer lacks `CAP_FSETID`: the write then
-    /// clears the setuid and setgid bits, as a write through the VFS would.
-    /// The daemon writes as root, which would keep them.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: bool) -> io::Result<u32> {
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> io::Result<u32> {
         let (_, file) = self.handle_file(fh)?;
         file.write_all_at(data, offset)?;
-        if drop_setid {
-            super::attr::drop_setid(file.as_fd())?;
-        }
         Ok(data.len() as u32)
     }
 
@@ -296,16 +309,37 @@ impl Union {
     }
 }
 
+/// Returns true when a write must clear the file's setuid or setgid bit
+/// (setgid only with group execute, as the kernel treats it).
+fn is_setid(file: &File) -> io::Result<bool> {
+    let mode = real::stat_fd(file)?.st_mode;
+    Ok(mode & libc::S_ISUID != 0
+        || mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP))
+}
+
 /// Opens the real file at `place` with open(2) `flags`.
-/// `lower` says the object is in a lower layer, whose access times reads
-/// must not change.
-fn open_place(place: &Place, flags: i32, lower: bool) -> io::Result<File> {
-    let flags = OFlag::from_bits_truncate(flags);
-    let fd = match place {
-        Place::Entry { parent, name } if lower => real::open_noatime(parent.as_fd(), name, flags)?,
-        Place::Entry { parent, name } => real::open_at(parent.as_fd(), name, flags, 0)?,
-        Place::Orphan(fd) => real::reopen(fd.as_fd(), flags)?,
+/// Opens the regular file at `place` with open(2) `flags`; returns it and
+/// its stat. `lower` says the file is in a lower layer, whose access times
+/// reads must not change.
+fn open_place(
+    place: &Place,
+    flags: i32,
+    lower: bool,
+) -> io::Result<(File, nix::sys::stat::FileStat)> {
+    let mut flags = OFlag::from_bits_truncate(flags);
+    if lower {
+        flags |= OFlag::O_NOATIME;
+    }
+    let (fd, stat) = match place {
+        Place::Entry { parent, name } => real::open_regular(parent.as_fd(), name, flags)?,
+        Place::Orphan(fd) => {
+            let stat = real::stat_fd(fd.as_fd())?;
+            if real::kind(&stat) != nix::sys::stat::SFlag::S_IFREG {
+                return Err(errno(libc::EINVAL));
+            }
+            (real::reopen(fd.as_fd(), flags)?, stat)
+        }
         Place::Dir(_) => return Err(errno(libc::EISDIR)),
     };
-    Ok(File::from(fd))
+    Ok((File::from(fd), stat))
 }

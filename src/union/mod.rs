@@ -121,6 +121,15 @@ impl Union {
         }
     }
 
+    /// Makes the kernel drop its cached listing of directory node `ino`.
+    fn invalidate_listing(&self, ino: u64) {
+        if let Some(notifier) = self.notifier.get() {
+            if let Err(err) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                debug!("cannot invalidate the cached listing of node {ino}: {err}");
+            }
+        }
+    }
+
     /// Returns the layer stack.
     pub fn stack(&self) -> &LayerStack {
         &self.stack
@@ -201,7 +210,7 @@ impl Union {
             let place = Place::Dir(top.fd.clone());
             return Ok((state, place));
         }
-        let alias = node.alias().ok_or_else(|| errno(libc::ESTALE))?;
+        let alias = node.path_in_layer().ok_or_else(|| errno(libc::ESTALE))?;
         let parent = dir_in_layer(&alias.parent, state.layer)?;
         Ok((
             state,
@@ -212,16 +221,28 @@ impl Union {
         ))
     }
 
-    /// Stats node's real object.
+    /// Stats node's real object. A name may change under a concurrent
+    /// unlink or rename, so what it leads to must be the node's object;
+    /// otherwise the node is located anew.
     fn stat_node(&self, node: &Node) -> stdio::Result<(RealState, FileStat)> {
-        let (state, place) = self.locate(node)?;
-        let stat = match &place {
-            Place::Dir(fd) | Place::Orphan(fd) => real::stat_fd(fd.as_fd())?,
-            Place::Entry { parent, name } => {
-                real::stat_at(parent.as_fd(), name)?.ok_or_else(|| errno(libc::ENOENT))?
+        for _ in 0..MAX_RELOCATIONS {
+            let (state, place) = self.locate(node)?;
+            let stat = match &place {
+                Place::Dir(fd) | Place::Orphan(fd) => {
+                    return Ok((state, real::stat_fd(fd.as_fd())?));
+                }
+                Place::Entry { parent, name } => real::stat_at(parent.as_fd(), name)?,
+            };
+            if let Some(stat) = stat.filter(|stat| self.is_object_of(&state, stat)) {
+                return Ok((state, stat));
             }
-        };
-        Ok((state, stat))
+        }
+        Err(errno(libc::ENOENT))
+    }
+
+    /// Returns true when `stat` describes the object `state` records.
+    fn is_object_of(&self, state: &RealState, stat: &FileStat) -> bool {
+        lookup::identity(&self.stack, stat) == state.identity
     }
 
     /// Returns the attributes of node `ino`.
@@ -339,7 +360,13 @@ impl Union {
         self.invalidate_attrs(alias.parent.ino);
 
         if state.is_shared_lower() {
-            node.remove_alias(alias.parent.ino, &alias.name);
+            // NOTE: descriptors already open on the node, and fstat(2) on the
+            // split name's writer, keep showing the lower object: FUSE sends
+            // fstat no file handle, and the node id is the shared st_ino.
+            node.hide_name(&alias);
+            // The name now has its own inode number, which the parent's
+            // cached listing does not know.
+            self.invalidate_listing(alias.parent.ino);
             debug!(
                 "node {}: name {:?} split off into the upper layer",
                 node.ino, alias.name
@@ -349,7 +376,7 @@ impl Union {
                 name: alias.name,
             }));
         }
-        let identity = lookup::identity(&self.stack, 0, &copied.stat);
+        let identity = lookup::identity(&self.stack, &copied.stat);
         let mut dirs = state.dirs.clone();
         if let Some(dir) = copied.dir {
             let top = LayerDir {
@@ -420,6 +447,10 @@ impl Union {
         Ok(lookup::resolve(&self.stack, &lower, name)?.is_some())
     }
 }
+
+/// How often an operation locates a node again after a concurrent unlink
+/// or rename moved its object from under the name it was reached by.
+const MAX_RELOCATIONS: usize = 3;
 
 /// Which name of a node a copy-up gives an upper copy.
 pub(crate) enum Which {

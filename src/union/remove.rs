@@ -55,9 +55,11 @@ impl Union {
             .ok();
         let dir = self.upper_dir(parent)?;
         let in_upper = found.state.layer == 0;
-        // An open file keeps working after its last name goes: hold on to it.
+        // An open file keeps working after its last name goes, and so does
+        // one being opened right now: hold on to an upper object the kernel
+        // knows. A lower object stays in its layer anyway.
         let orphan = match &node {
-            Some(node) if !node.is_dir && node.open_modes.lock().handles > 0 => {
+            Some(node) if !node.is_dir && in_upper => {
                 real::open_path(dir_in_layer(parent, found.state.layer)?.as_fd(), name).ok()
             }
             _ => None,
@@ -83,8 +85,15 @@ impl Union {
         let Some(node) = node else {
             return Ok(());
         };
-        if node.remove_alias(parent.ino, name) {
-            if in_upper && (found.is_dir() || found.stat.st_nlink <= 1) {
+        if !in_upper {
+            // The lower object stays in its layer under this name.
+            let alias = crate::inode::Alias {
+                parent: parent.clone(),
+                name: name.to_os_string(),
+            };
+            node.hide_name(&alias);
+        } else if node.remove_alias(parent.ino, name) {
+            if found.is_dir() || found.stat.st_nlink <= 1 {
                 node.mark_unlinked();
                 self.table.forget_identity(found.state.identity);
             }

@@ -127,10 +127,31 @@ impl Mount {
             return;
         }
         self.mounted = false;
-        match self.kind {
-            Kind::Unionfs => run(Command::new(unionfs_bin()).arg("umount").arg(&self.root)),
-            Kind::Overlay => run(Command::new("umount").arg(&self.root)),
+        let command = || match self.kind {
+            Kind::Unionfs => {
+                let mut command = Command::new(unionfs_bin());
+                command.arg("umount").arg(&self.root);
+                command
+            }
+            Kind::Overlay => {
+                let mut command = Command::new("umount");
+                command.arg(&self.root);
+                command
+            }
         };
+        // A process another test forks at this moment may hold a reference
+        // into the mount for a few milliseconds: retry a busy unmount.
+        for _ in 0..100 {
+            let output = command().output().unwrap();
+            let busy = String::from_utf8_lossy(&output.stderr).contains("busy");
+            if !busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if is_mounted(&self.root) {
+            run(&mut command());
+        }
     }
 }
 
