@@ -51,7 +51,7 @@ pub struct Identity {
 #[derive(Clone, Debug)]
 pub struct LayerDir {
     pub layer: usize,
-    pub fd: Arc<OwnedFd>,
+    pub fd: crate::dirfd::DirFd,
     pub opacity: Opacity,
 }
 

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod copyup;
+pub mod dirfd;
 pub mod fs;
 pub mod handle;
 pub mod inode;

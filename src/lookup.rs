@@ -9,10 +9,10 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use nix::sys::stat::FileStat;
 
+use crate::dirfd::DirFd;
 use crate::inode::{Identity, LayerDir, RealState};
 use crate::real;
 use crate::stack::LayerStack;
@@ -37,7 +37,8 @@ impl Found {
 pub fn resolve(stack: &LayerStack, dirs: &[LayerDir], name: &OsStr) -> io::Result<Option<Found>> {
     let mut found: Option<Found> = None;
     for dir in dirs {
-        let stat = match whiteout::probe(dir.fd.as_fd(), dir.opacity, name)? {
+        let dir_fd = dir.fd.get()?;
+        let stat = match whiteout::probe(dir_fd.as_fd(), dir.opacity, name)? {
             Entry::Whiteout(_) => break,
             Entry::Absent => continue,
             Entry::Present(stat) => stat,
@@ -55,14 +56,14 @@ pub fn resolve(stack: &LayerStack, dirs: &[LayerDir], name: &OsStr) -> io::Resul
             if !top.is_dir() {
                 return Ok(Some(top));
             }
-            let opaque = push_layer_dir(&mut top.state, dir.layer, dir, name)?;
+            let opaque = push_layer_dir(stack, &mut top.state, dir, name)?;
             found = Some(top);
             if opaque {
                 break;
             }
             continue;
         };
-        if !real::is_dir(&stat) || push_layer_dir(&mut top.state, dir.layer, dir, name)? {
+        if !real::is_dir(&stat) || push_layer_dir(stack, &mut top.state, dir, name)? {
             break;
         }
     }
@@ -72,16 +73,17 @@ pub fn resolve(stack: &LayerStack, dirs: &[LayerDir], name: &OsStr) -> io::Resul
 /// Opens directory `name` under `parent` and appends it to the merged
 /// directory's layers; returns true when it is opaque.
 fn push_layer_dir(
+    stack: &LayerStack,
     state: &mut RealState,
-    layer: usize,
     parent: &LayerDir,
     name: &OsStr,
 ) -> io::Result<bool> {
-    let fd = real::open_dir(parent.fd.as_fd(), name)?;
+    let fd = real::open_dir(parent.fd.get()?.as_fd(), name)?;
     let opacity = whiteout::opacity(fd.as_fd())?;
+    let fd = DirFd::child(stack.dir_pool(), &parent.fd, name, fd)?;
     state.dirs.push(LayerDir {
-        layer,
-        fd: Arc::new(fd),
+        layer: parent.layer,
+        fd,
         opacity,
     });
     Ok(opacity == Opacity::Opaque)
@@ -105,9 +107,10 @@ pub fn root_state(stack: &LayerStack) -> io::Result<(RealState, FileStat)> {
             Opacity::Opaque => Opacity::Transparent,
             other => other,
         };
+        let fd = DirFd::root(stack.dir_pool(), fd)?;
         dirs.push(LayerDir {
             layer: index,
-            fd: Arc::new(fd),
+            fd,
             opacity,
         });
     }

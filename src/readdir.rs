@@ -44,10 +44,11 @@ pub fn list(
         // number, not that of the mounted root that stat reports.
         let fs_index = stack.layers()[dir.layer].fs_index;
         let mut hidden_below = Vec::new();
+        let dir_fd = dir.fd.get()?;
         let fd = if stack.upper_index() == Some(dir.layer) {
-            real::reopen_dir(dir.fd.as_fd())?
+            real::reopen_dir(dir_fd.as_fd())?
         } else {
-            real::reopen_dir_noatime(dir.fd.as_fd())?
+            real::reopen_dir_noatime(dir_fd.as_fd())?
         };
         for raw in nix::dir::Dir::from_fd(fd)?.into_iter() {
             let raw = raw?;
@@ -56,7 +57,7 @@ pub fn list(
                 continue;
             }
             let d_type = raw.file_type().map_or(libc::DT_UNKNOWN, dt_of);
-            match whiteout::classify_listed(dir.fd.as_fd(), dir.opacity, name, d_type)? {
+            match whiteout::classify_listed(dir_fd.as_fd(), dir.opacity, name, d_type)? {
                 Listed::Marker => continue,
                 Listed::Hides(target) => {
                     hidden_below.push(target.to_os_string());
@@ -69,7 +70,7 @@ pub fn list(
                     continue;
                 }
             }
-            let Some(kind) = kind_of(dir, name, d_type)? else {
+            let Some(kind) = kind_of(dir_fd.as_fd(), name, d_type)? else {
                 continue;
             };
             let ino = table.ino_for(Identity {
@@ -104,9 +105,13 @@ fn dt_of(kind: nix::dir::Type) -> u8 {
 
 /// Returns the entry's type, asking the filesystem when `getdents` did not
 /// say; `None` when the entry vanished meanwhile.
-fn kind_of(dir: &LayerDir, name: &OsStr, d_type: u8) -> io::Result<Option<FileType>> {
+fn kind_of(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    d_type: u8,
+) -> io::Result<Option<FileType>> {
     let mode = match d_type {
-        libc::DT_UNKNOWN => match real::stat_at(dir.fd.as_fd(), name)? {
+        libc::DT_UNKNOWN => match real::stat_at(dir, name)? {
             Some(stat) => stat.st_mode & libc::S_IFMT,
             None => return Ok(None),
         },

@@ -59,6 +59,8 @@ pub struct LayerStack {
     devices: dashmap::DashMap<u64, usize>,
     /// Held while a new filesystem gets its index, so indexes stay unique.
     new_device: parking_lot::Mutex<()>,
+    /// Descriptors of the layer directories nodes merge.
+    dir_pool: std::sync::Arc<crate::dirfd::DirPool>,
 }
 
 /// A layer or mount configuration that cannot be used.
@@ -126,6 +128,7 @@ impl LayerStack {
         Ok(LayerStack {
             devices: devices.into_iter().collect(),
             new_device: parking_lot::Mutex::new(()),
+            dir_pool: crate::dirfd::DirPool::for_open_file_limit(layers.len() + 8),
             layers,
             upper,
         })
@@ -149,6 +152,11 @@ impl LayerStack {
     /// Returns the index of the upper layer when the stack is writable.
     pub fn upper_index(&self) -> Option<usize> {
         self.upper.as_ref().map(|_| 0)
+    }
+
+    /// Returns the pool of layer directory descriptors.
+    pub fn dir_pool(&self) -> &std::sync::Arc<crate::dirfd::DirPool> {
+        &self.dir_pool
     }
 
     /// Returns the index of the filesystem on device `dev`, assigning the

@@ -21,6 +21,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::{Union, attr_of, errno, upper_opacity};
 use crate::copyup::meta::{self, Target};
+use crate::dirfd::DirFd;
 use crate::inode::{Alias, LayerDir, Node, RealState};
 use crate::lookup;
 use crate::real;
@@ -60,6 +61,8 @@ pub struct NewObject<'a> {
 /// Where a new name will go.
 struct Slot {
     dir: Arc<OwnedFd>,
+    /// The upper directory's slot, parent of a new directory's own.
+    dir_slot: DirFd,
     whiteout: Option<WhiteoutKind>,
     uid: u32,
     gid: u32,
@@ -99,15 +102,17 @@ impl Union {
         } else {
             Opacity::Transparent
         };
-        let dirs = dir
-            .map(|fd| {
+        let dirs = match dir {
+            Some(fd) => {
+                let fd = DirFd::child(self.stack.dir_pool(), &slot.dir_slot, name, fd)?;
                 vec![LayerDir {
                     layer: 0,
-                    fd: Arc::new(fd),
+                    fd,
                     opacity,
                 }]
-            })
-            .unwrap_or_default();
+            }
+            None => Vec::new(),
+        };
         let identity = lookup::identity(&self.stack, &stat);
         let state = RealState {
             layer: 0,
@@ -138,7 +143,8 @@ impl Union {
         if self.find(parent, name)?.is_some() {
             return Err(errno(libc::EEXIST));
         }
-        let dir = self.upper_dir(parent)?;
+        let dir_slot = self.upper_dir_slot(parent)?;
+        let dir = dir_slot.get()?;
         let whiteout = match whiteout::probe(dir.as_fd(), upper_opacity(parent), name)? {
             Entry::Absent => None,
             Entry::Whiteout(kind) => Some(kind),
@@ -161,6 +167,7 @@ impl Union {
         }
         Ok(Slot {
             dir,
+            dir_slot,
             whiteout,
             uid: caller.uid,
             gid,

@@ -303,7 +303,7 @@ impl Union {
     pub fn fsyncdir(&self, ino: u64) -> io::Result<()> {
         let node = self.node(ino)?;
         match super::upper_dir_of(&node) {
-            Some(dir) => Ok(nix::unistd::fsync(dir.as_fd())?),
+            Some(dir) => Ok(nix::unistd::fsync(dir.get()?.as_fd())?),
             None => Ok(()),
         }
     }

@@ -27,6 +27,7 @@ pub use self::attr::SetAttr;
 pub use self::create::{Caller, NewKind, NewObject};
 pub use self::io::Opened;
 use crate::copyup::CopyUp;
+use crate::dirfd::DirFd;
 use crate::handle::HandleTable;
 use crate::inode::{Alias, InodeTable, LayerDir, Node, RealState};
 use crate::lookup::{self, Found};
@@ -207,7 +208,7 @@ impl Union {
             return Ok((state, place));
         }
         if let Some(top) = state.dirs.first() {
-            let place = Place::Dir(top.fd.clone());
+            let place = Place::Dir(top.fd.get()?);
             return Ok((state, place));
         }
         let alias = node.path_in_layer().ok_or_else(|| errno(libc::ESTALE))?;
@@ -295,8 +296,13 @@ impl Union {
     /// Makes sure directory `node` exists in the upper layer, copying it and
     /// its missing ancestors up; returns its upper directory.
     fn upper_dir(&self, node: &Arc<Node>) -> stdio::Result<Arc<OwnedFd>> {
-        if let Some(fd) = upper_dir_of(node) {
-            return Ok(fd);
+        self.upper_dir_slot(node)?.get()
+    }
+
+    /// Like [`Union::upper_dir`], returning the directory's slot.
+    fn upper_dir_slot(&self, node: &Arc<Node>) -> stdio::Result<DirFd> {
+        if let Some(slot) = upper_dir_of(node) {
+            return Ok(slot);
         }
         self.copy_up(node, None)?;
         upper_dir_of(node).ok_or_else(|| errno(libc::EIO))
@@ -343,7 +349,7 @@ impl Union {
         }
         let src_parent = dir_in_layer(&alias.parent, state.layer)?;
         let stat = match &state.dirs.first() {
-            Some(dir) => real::stat_fd(dir.fd.as_fd())?,
+            Some(dir) => real::stat_fd(dir.fd.get()?.as_fd())?,
             None => real::stat_at(src_parent.as_fd(), &alias.name)?
                 .ok_or_else(|| errno(libc::ENOENT))?,
         };
@@ -379,9 +385,11 @@ impl Union {
         let identity = lookup::identity(&self.stack, &copied.stat);
         let mut dirs = state.dirs.clone();
         if let Some(dir) = copied.dir {
+            let parent_slot = upper_dir_of(&alias.parent).ok_or_else(|| errno(libc::EIO))?;
+            let fd = DirFd::child(self.stack.dir_pool(), &parent_slot, &alias.name, dir)?;
             let top = LayerDir {
                 layer: 0,
-                fd: Arc::new(dir),
+                fd,
                 opacity: whiteout::Opacity::Transparent,
             };
             dirs.insert(0, top);
@@ -473,12 +481,13 @@ pub(crate) enum Copied {
 
 /// Returns the fd of directory node `node` in layer `layer`.
 fn dir_in_layer(node: &Node, layer: usize) -> stdio::Result<Arc<OwnedFd>> {
-    node.state()
+    let slot = node
+        .state()
         .dirs
         .iter()
         .find(|dir| dir.layer == layer)
-        .map(|dir| dir.fd.clone())
-        .ok_or_else(|| errno(libc::ESTALE))
+        .map(|dir| dir.fd.clone());
+    slot.ok_or_else(|| errno(libc::ESTALE))?.get()
 }
 
 /// Returns the opacity of directory node's upper directory (transparent
@@ -492,7 +501,7 @@ fn upper_opacity(node: &Node) -> whiteout::Opacity {
 }
 
 /// Returns directory node's upper directory, if it has one.
-fn upper_dir_of(node: &Node) -> Option<Arc<OwnedFd>> {
+fn upper_dir_of(node: &Node) -> Option<DirFd> {
     node.state()
         .dirs
         .first()

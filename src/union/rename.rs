@@ -127,6 +127,7 @@ impl Union {
                 name: new_name.to_os_string(),
             };
             src_node.move_alias((src_parent.ino, name), alias);
+            self.follow_move(&src_node, &dst_parent, new_name);
         }
         if let (Some(node), Some(dst)) = (dst_node, dst) {
             self.drop_replaced(&node, &dst, dst_parent.ino, new_name, orphan);
@@ -162,6 +163,8 @@ impl Union {
             new_name,
             RenameFlags::RENAME_EXCHANGE,
         )?;
+        self.follow_move(src_node, dst_parent, new_name);
+        self.follow_move(dst_node, src_parent, name);
         if !split.0 {
             let alias = Alias {
                 parent: dst_parent.clone(),
@@ -177,6 +180,14 @@ impl Union {
             dst_node.move_alias((dst_parent.ino, new_name), alias);
         }
         Ok(())
+    }
+
+    /// Records that directory node `node` now sits at `name` in `parent`'s
+    /// upper directory, so its descriptor reopens from there.
+    fn follow_move(&self, node: &Node, parent: &Arc<Node>, name: &OsStr) {
+        if let (Some(moved), Some(parent)) = (upper_dir_of(node), upper_dir_of(parent)) {
+            moved.moved(&parent, name);
+        }
     }
 
     /// Copies up node under the name `name` in `parent`; returns true when
@@ -198,7 +209,7 @@ impl Union {
             return Ok(());
         }
         let dir = upper_dir_of(node).ok_or_else(|| errno(libc::EXDEV))?;
-        self.upper()?.whiteouts.mark_opaque(dir.as_fd())?;
+        self.upper()?.whiteouts.mark_opaque(dir.get()?.as_fd())?;
         node.update_state(|state| {
             if let Some(top) = state.dirs.first_mut() {
                 top.opacity = Opacity::Opaque;
@@ -215,12 +226,12 @@ impl Union {
         let Some(top) = dst.state.dirs.first() else {
             return Ok(());
         };
-        if crate::copyup::workdir::list_names(top.fd.as_fd())?.is_empty() {
+        if crate::copyup::workdir::list_names(top.fd.get()?.as_fd())?.is_empty() {
             return Ok(());
         }
         let upper = self.upper()?;
         let (temp, dir) = upper.work.create_dir()?;
-        let stat = real::stat_fd(top.fd.as_fd())?;
+        let stat = real::stat_fd(top.fd.get()?.as_fd())?;
         let swapped =
             crate::copyup::meta::apply(crate::copyup::meta::Target::Fd(dir.as_fd()), &stat, &[])
                 .and_then(|()| upper.whiteouts.mark_opaque(dir.as_fd()))

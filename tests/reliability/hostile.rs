@@ -7,6 +7,8 @@
 //! the layers and the work dir; each test fingerprints a directory outside
 //! them before and after.
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -106,6 +108,11 @@ fn race_copy_ups(scratch: &Scratch, swapped: PathBuf, files: usize) -> (usize, u
     let seconds = setting("UNIONFS_RACE_SECONDS", 3, 60);
     let stop = Arc::new(AtomicBool::new(false));
     let swaps = Arc::new(AtomicUsize::new(0));
+    // Work through a descriptor of `dir/sub` taken before the swaps start:
+    // a path would be resolved again, and once the merged view shows the
+    // swapped-in symlink, this process (not the daemon) would follow it.
+    let sub_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+    let sub = nix::fcntl::open(&mnt.join("dir/sub"), sub_flags, Mode::empty()).unwrap();
     let swapper = {
         let (stop, swaps) = (stop.clone(), swaps.clone());
         std::thread::spawn(move || {
@@ -124,16 +131,38 @@ fn race_copy_ups(scratch: &Scratch, swapped: PathBuf, files: usize) -> (usize, u
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut copied = 0;
     let mut index = 0;
+    let at = |name: String, flags: OFlag| {
+        nix::fcntl::openat(
+            &sub,
+            name.as_str(),
+            flags | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(0o644),
+        )
+    };
     while Instant::now() < deadline {
-        let name = mnt.join(format!("dir/sub/f{}", index % files));
         index += 1;
-        let appended = OpenOptions::new()
-            .append(true)
-            .open(&name)
-            .and_then(|mut file| file.write_all(b"container\n"));
+        let appended = at(
+            format!("f{}", index % files),
+            OFlag::O_WRONLY | OFlag::O_APPEND,
+        )
+        .map(fs::File::from)
+        .and_then(|mut file| {
+            file.write_all(b"container\n")
+                .map_err(|err| nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0)))
+        });
         copied += usize::from(appended.is_ok());
-        let _ = fs::write(mnt.join(format!("dir/sub/new{index}")), "new\n");
-        let _ = fs::remove_file(mnt.join(format!("dir/sub/f{}", (index + 7) % files)));
+        if let Ok(fd) = at(
+            format!("new{index}"),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+        ) {
+            let _ = fs::File::from(fd).write_all(b"new\n");
+        }
+        let victim = format!("f{}", (index + 7) % files);
+        let _ = nix::unistd::unlinkat(
+            &sub,
+            victim.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
     stop.store(true, Ordering::Relaxed);
     swapper.join().unwrap();
