@@ -1,21 +1,19 @@
-//! Open file and directory handles, by FUSE file handle number.
+//! Open file handles, by FUSE file handle number.
 //!
 //! A file handle holds the real file it reads and writes. A handle opened
 //! read-only on a lower file notices a later copy-up through the node's
 //! epoch and reopens the upper copy, so it reads the new data, as kernel
-//! overlayfs does. A directory handle holds a listing taken when reading
-//! starts at offset 0, so `seekdir` and `telldir` stay consistent while the
-//! directory changes.
+//! overlayfs does. Directories have no handles: the kernel opens them
+//! without asking the daemon (see `Union::readdir`).
 
 use std::fs::File;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::inode::Node;
-use crate::readdir::DirEntry;
 
 /// How the kernel moves a handle's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,17 +82,9 @@ impl FileHandle {
     }
 }
 
-/// An open directory.
-pub struct DirHandle {
-    pub node: Arc<Node>,
-    /// The listing being read, with `.` and `..` first.
-    pub listing: Mutex<Arc<Vec<DirEntry>>>,
-}
-
 /// All open handles.
 pub struct HandleTable {
     files: DashMap<u64, Arc<FileHandle>>,
-    dirs: DashMap<u64, Arc<DirHandle>>,
     next: AtomicU64,
 }
 
@@ -102,7 +92,6 @@ impl Default for HandleTable {
     fn default() -> Self {
         HandleTable {
             files: DashMap::new(),
-            dirs: DashMap::new(),
             next: AtomicU64::new(1),
         }
     }
@@ -131,31 +120,5 @@ impl HandleTable {
     /// Removes file handle `id`.
     pub fn remove_file(&self, id: u64) -> Option<Arc<FileHandle>> {
         self.files.remove(&id).map(|(_, handle)| handle)
-    }
-
-    /// Stores a directory handle; returns its number.
-    pub fn insert_dir(&self, node: Arc<Node>) -> u64 {
-        let id = self.next_id();
-        self.dirs.insert(
-            id,
-            Arc::new(DirHandle {
-                node,
-                listing: Mutex::new(Arc::new(Vec::new())),
-            }),
-        );
-        id
-    }
-
-    /// Returns directory handle `id`, or `EBADF`.
-    pub fn dir(&self, id: u64) -> std::io::Result<Arc<DirHandle>> {
-        self.dirs
-            .get(&id)
-            .map(|h| h.clone())
-            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))
-    }
-
-    /// Removes directory handle `id`.
-    pub fn remove_dir(&self, id: u64) {
-        self.dirs.remove(&id);
     }
 }

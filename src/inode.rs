@@ -17,8 +17,9 @@
 //! 1. `Node::copy_up` of one node at a time (parents are copied up before
 //!    the child's lock is taken, never while holding it);
 //! 2. `Node::state`;
-//! 3. `Node::aliases`, then `Node::hidden_names`, then `Node::hints`; `Node::open_modes`, which is
-//!    never held with another node lock;
+//! 3. `Node::aliases`, then `Node::hidden_names`, then `Node::hints`;
+//!    `Node::open_modes` and `Node::listings`, each never held with another
+//!    node lock;
 //! 4. the shard locks inside the table's maps, held only for the map call.
 
 use std::ffi::{OsStr, OsString};
@@ -123,12 +124,19 @@ pub struct Node {
     pub copy_up: Mutex<()>,
     /// How the node's open handles do I/O.
     pub open_modes: Mutex<OpenModes>,
+    /// For a directory, the listing readers are paging through (see
+    /// `Union::readdir`).
+    pub listings: Mutex<crate::readdir::Listings>,
     /// Incremented when the object moves to another layer, so open handles
     /// notice that they must reopen it.
     epoch: AtomicU64,
     lookups: AtomicU64,
     /// Set when the real object has no name left in any layer.
     unlinked: AtomicBool,
+    /// A removed directory's last attributes: its layer descriptors are
+    /// closed at once, so its inodes are freed without waiting for the
+    /// kernel to forget the node, and fstat(2) on it still answers.
+    removed: Mutex<Option<nix::sys::stat::FileStat>>,
 }
 
 impl Node {
@@ -142,9 +150,11 @@ impl Node {
             hints: Mutex::new(Vec::new()),
             copy_up: Mutex::new(()),
             open_modes: Mutex::new(OpenModes::default()),
+            listings: Mutex::default(),
             epoch: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             unlinked: AtomicBool::new(false),
+            removed: Mutex::new(None),
         }
     }
 
@@ -264,6 +274,20 @@ impl Node {
         self.unlinked.store(true, Ordering::Release);
     }
 
+    /// Records that directory node was removed from the merged view: drops
+    /// its layer directories and keeps `last`, its final attributes, with no
+    /// links left, or one for a merged directory, as kernel overlayfs shows.
+    pub fn mark_removed_dir(&self, mut last: nix::sys::stat::FileStat, merged: bool) {
+        last.st_nlink = u64::from(merged);
+        *self.removed.lock() = Some(last);
+        self.state.write().dirs.clear();
+    }
+
+    /// Returns a removed directory's final attributes.
+    pub fn removed_dir(&self) -> Option<nix::sys::stat::FileStat> {
+        *self.removed.lock()
+    }
+
     /// Returns true once the real object has no name left.
     pub fn is_unlinked(&self) -> bool {
         self.unlinked.load(Ordering::Acquire)
@@ -326,6 +350,11 @@ impl InodeTable {
         if derive(upper) != Some(ino) {
             self.origins.insert(upper, ino);
         }
+    }
+
+    /// Gives back the table's spare capacity after many nodes were freed.
+    pub fn shrink(&self) {
+        self.nodes.shrink_to_fit();
     }
 
     /// Forgets number mappings of a real object that no longer exists, so a

@@ -11,6 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use fuser::FileType;
 
@@ -130,5 +131,200 @@ pub fn file_type(mode: u32) -> FileType {
         libc::S_IFBLK => FileType::BlockDevice,
         libc::S_IFSOCK => FileType::Socket,
         _ => FileType::RegularFile,
+    }
+}
+
+/// The listing of one directory that readers are paging through.
+///
+/// Directories are read without open handles, and the kernel's own
+/// directory cache hands out positions from listings the daemon dropped
+/// long ago, so a position cannot name a listing. It names a place in the
+/// order of names instead: names are sorted by a hash of the name, and the
+/// position after an entry is that hash, as in ext4's hashed directories.
+/// A read at any position resumes after it in whatever listing is current,
+/// so a reader gets each name that stays in the directory exactly once,
+/// however the directory changes and however often others start over. `.` and
+/// `..` come first, at positions 1 and 2.
+///
+/// NOTE: two names with the same 63-bit hash are one position: a read that
+/// stops between them skips the second.
+#[derive(Default)]
+pub struct Listings {
+    current: Option<Arc<Vec<DirEntry>>>,
+}
+
+/// A place in a listing.
+pub struct Cursor {
+    pub listing: Arc<Vec<DirEntry>>,
+    /// The index of the next entry to return.
+    pub index: usize,
+}
+
+impl Cursor {
+    /// Returns the position that resumes reading after entry `index`.
+    pub fn offset_after(&self, index: usize) -> u64 {
+        match index {
+            0 | 1 => index as u64 + 1,
+            _ => position_of(&self.listing[index].name),
+        }
+    }
+
+    /// True once the reader has read every entry.
+    pub fn at_end(&self) -> bool {
+        self.index >= self.listing.len()
+    }
+}
+
+impl Listings {
+    /// Returns the cursor for a read at `offset` in the current listing, or
+    /// `None` when the read starts over or no listing is current.
+    pub fn resume(&self, offset: u64) -> Option<Cursor> {
+        let listing = self.current.clone().filter(|_| offset != 0)?;
+        Some(Cursor {
+            index: index_after(&listing, offset),
+            listing,
+        })
+    }
+
+    /// Makes `listing` (`.` and `..` first) current, in reading order, and
+    /// returns a cursor at `offset` in it.
+    pub fn start(&mut self, mut listing: Vec<DirEntry>, offset: u64) -> Cursor {
+        if let Some(names) = listing.get_mut(2..) {
+            names.sort_by_cached_key(|entry| (position_of(&entry.name), entry.name.clone()));
+        }
+        let listing = Arc::new(listing);
+        self.current = Some(listing.clone());
+        Cursor {
+            index: index_after(&listing, offset),
+            listing,
+        }
+    }
+
+    /// Drops the listing of `cursor`, whose reader has read it all, unless
+    /// another read started over since.
+    pub fn finish(&mut self, cursor: &Cursor) {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &cursor.listing))
+        {
+            self.current = None;
+        }
+    }
+}
+
+/// Returns the position after name `name`: its hash, above the positions of `.`
+/// and `..` and within a signed 64-bit file position.
+fn position_of(name: &OsStr) -> u64 {
+    use std::hash::Hasher;
+    // DefaultHasher::new() uses fixed keys, so positions hold for the
+    // daemon's life.
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write(name.as_bytes());
+    (hasher.finish() >> 1).max(3)
+}
+
+/// Returns the index of the first entry after position `offset`.
+fn index_after(listing: &[DirEntry], offset: u64) -> usize {
+    match offset {
+        0..=2 => (offset as usize).min(listing.len()),
+        _ => {
+            let names = listing.get(2..).unwrap_or_default();
+            2 + names.partition_point(|entry| position_of(&entry.name) <= offset)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(names: &[&str]) -> Vec<DirEntry> {
+        names
+            .iter()
+            .map(|name| DirEntry {
+                name: OsString::from(name),
+                kind: FileType::RegularFile,
+                ino: 2,
+            })
+            .collect()
+    }
+
+    fn with_dots(names: &[&str]) -> Vec<DirEntry> {
+        let mut entries = listing(&[".", ".."]);
+        entries.extend(listing(names));
+        entries
+    }
+
+    fn read_all(listings: &mut Listings, mut offset: u64, count: usize) -> (Vec<OsString>, u64) {
+        let mut names = Vec::new();
+        while names.len() < count {
+            let cursor = match listings.resume(offset) {
+                Some(cursor) => cursor,
+                None => listings.start(with_dots(&["b", "c", "d", "e", "f"]), offset),
+            };
+            if cursor.at_end() {
+                listings.finish(&cursor);
+                break;
+            }
+            names.push(cursor.listing[cursor.index].name.clone());
+            offset = cursor.offset_after(cursor.index);
+        }
+        (names, offset)
+    }
+
+    #[test]
+    fn reader_resumes_by_name_in_a_changed_listing() {
+        let mut listings = Listings::default();
+        let first = listings.start(with_dots(&["a", "b", "c", "d", "e"]), 0);
+        assert_eq!(first.listing[0].name, ".");
+        assert_eq!(first.listing[1].name, "..");
+        let stop = 4;
+        let seen: Vec<OsString> = first.listing[..stop]
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        let offset = first.offset_after(stop - 1);
+
+        // Another reader starts over after "a" went and "f" came; the first
+        // resumes in that listing and gets each remaining name once.
+        listings.start(with_dots(&["b", "c", "d", "e", "f"]), 0);
+        let (rest, _) = read_all(&mut listings, offset, 10);
+        let mut all: Vec<OsString> = seen.into_iter().chain(rest).collect();
+        let before = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(before, all.len(), "no name twice");
+        for name in ["b", "c", "d", "e"] {
+            assert!(all.contains(&OsString::from(name)), "{name} missing");
+        }
+    }
+
+    #[test]
+    fn finished_listing_is_dropped_and_rebuilt_on_resume() {
+        let mut listings = Listings::default();
+        let cursor = listings.start(with_dots(&["b", "c"]), 0);
+        let end = Cursor {
+            index: cursor.listing.len(),
+            listing: cursor.listing.clone(),
+        };
+        listings.finish(&end);
+        assert!(listings.resume(cursor.offset_after(2)).is_none());
+        assert!(listings.resume(0).is_none(), "offset 0 always starts over");
+    }
+
+    #[test]
+    fn positions_are_positive_and_past_the_dots() {
+        for name in ["a", "", "..."] {
+            let position = position_of(OsStr::new(name));
+            assert!(
+                position > 2 && i64::try_from(position).is_ok(),
+                "{position:#x}"
+            );
+        }
+        let listing = with_dots(&["x"]);
+        assert_eq!(index_after(&listing, 0), 0);
+        assert_eq!(index_after(&listing, 2), 2);
+        assert_eq!(index_after(&listing, u64::MAX >> 1), 3);
     }
 }

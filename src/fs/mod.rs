@@ -27,7 +27,7 @@ use crate::union::{NewKind, NewObject, Opened, SetAttr, Union};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 
 /// Capabilities asked of the kernel at init, each granted only if supported.
-const WANTED: [InitFlags; 8] = [
+const WANTED: [InitFlags; 9] = [
     // Apply the umask here, so a default ACL on the parent can replace it.
     InitFlags::FUSE_DONT_MASK,
     // Pass O_TRUNC to open, so a truncating open copies up no data.
@@ -40,6 +40,8 @@ const WANTED: [InitFlags; 8] = [
     // Send attributes with directory entries when the caller stats them.
     InitFlags::FUSE_DO_READDIRPLUS,
     InitFlags::FUSE_READDIRPLUS_AUTO,
+    // Open directories without an OPENDIR round trip (see `opendir`).
+    InitFlags::FUSE_NO_OPENDIR_SUPPORT,
 ];
 
 /// The largest readahead asked of the kernel, in bytes.
@@ -355,38 +357,30 @@ impl Filesystem for UnionFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        guard("opendir", reply, |reply| match self.union.opendir(ino.0) {
-            // The kernel may keep listings: every change to the directory
-            // comes through this mount and invalidates them.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(err) => reply.error(errno_of("opendir", &err)),
-        });
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS makes the kernel open every directory without asking, with
+        // FOPEN_CACHE_DIR and FOPEN_KEEP_CACHE, which saves two round trips
+        // per directory. Every change to a directory comes through this
+        // mount and drops the kernel's cached listing of it.
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectory,
     ) {
         guard("readdir", reply, |mut reply| {
-            let (listing, start) = match self.union.readdir(fh.0, offset) {
-                Ok(found) => found,
+            let cursor = match self.union.readdir(ino.0, offset) {
+                Ok(cursor) => cursor,
                 Err(err) => return reply.error(errno_of("readdir", &err)),
             };
-            for (index, entry) in listing.iter().enumerate().skip(start) {
-                if reply.add(
-                    INodeNo(entry.ino),
-                    index as u64 + 1,
-                    entry.kind,
-                    &entry.name,
-                ) {
+            for (index, entry) in cursor.listing.iter().enumerate().skip(cursor.index) {
+                let next = cursor.offset_after(index);
+                if reply.add(INodeNo(entry.ino), next, entry.kind, &entry.name) {
                     break;
                 }
             }
@@ -398,17 +392,17 @@ impl Filesystem for UnionFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
         guard("readdirplus", reply, |mut reply| {
-            let (listing, start) = match self.union.readdir(fh.0, offset) {
-                Ok(found) => found,
+            let cursor = match self.union.readdir(ino.0, offset) {
+                Ok(cursor) => cursor,
                 Err(err) => return reply.error(errno_of("readdirplus", &err)),
             };
-            for (index, entry) in listing.iter().enumerate().skip(start) {
-                let next = index as u64 + 1;
+            for (index, entry) in cursor.listing.iter().enumerate().skip(cursor.index) {
+                let next = cursor.offset_after(index);
                 // The kernel takes no reference for "." and "..", and reads no
                 // attributes from them.
                 if entry.name == "." || entry.name == ".." {
@@ -443,18 +437,6 @@ impl Filesystem for UnionFs {
             }
             reply.ok();
         });
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.union.releasedir(fh.0);
-        reply.ok();
     }
 
     fn fsyncdir(

@@ -10,6 +10,7 @@
 pub mod exec;
 pub mod fdpass;
 pub mod file;
+pub mod memory;
 pub mod net;
 pub mod process;
 pub mod terminal;

@@ -129,7 +129,8 @@ impl Union {
         Ok((node.clone(), attr_of(node.ino, &stat, false), file))
     }
 
-    /// Checks that `name` is free in the merged view and finds where it goes.
+    /// Finds where new name `name` goes, checking it is free in the upper
+    /// layer.
     fn slot(
         &self,
         caller: Caller,
@@ -140,9 +141,9 @@ impl Union {
         if whiteout::is_reserved(name) {
             return Err(errno(libc::EPERM));
         }
-        if self.find(parent, name)?.is_some() {
-            return Err(errno(libc::EEXIST));
-        }
+        // The kernel asks to create a name only after its lookup found it
+        // absent, and holds the directory's lock meanwhile, so the lower
+        // layers need no second look; the upper one is probed below.
         let dir_slot = self.upper_dir_slot(parent)?;
         let dir = dir_slot.get()?;
         let whiteout = match whiteout::probe(dir.as_fd(), upper_opacity(parent), name)? {

@@ -2,8 +2,8 @@
 //!
 //! Opening a lower file for writing copies it up first; with `O_TRUNC`
 //! the copy-up copies no data. Reads through a handle opened before a copy-up
-//! switch to the upper copy. A directory listing is taken when reading
-//! starts at offset 0 and served from the handle after that.
+//! switch to the upper copy. Directories are read without handles: a
+//! listing belongs to the directory node (see `readdir::Listings`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -22,7 +22,7 @@ use super::create::{Caller, NewKind, NewObject, real_open_flags};
 use super::{Copied, MAX_RELOCATIONS, Place, Union, Which, errno};
 use crate::handle::{FileHandle, IoMode};
 use crate::inode::Node;
-use crate::readdir::DirEntry;
+use crate::readdir::Cursor;
 use crate::real;
 
 /// A file opened through the merged view.
@@ -95,9 +95,10 @@ impl Union {
 
     /// Chooses the I/O mode of a new handle on `node` and stores the handle.
     ///
-    /// Passthrough serves files in the upper layer only: a lower file's
-    /// handles must switch to the upper copy after a copy-up, which the
-    /// kernel's fixed backing file could not do. Nor does it start on setuid
+    /// Passthrough serves files in the upper layer, and lower files only
+    /// when the stack has no writable layer: a lower file's handles must
+    /// switch to the upper copy after a copy-up, which the kernel's fixed
+    /// backing file could not do. Nor does it start on setuid
     /// or setgid files: a passthrough write runs with the daemon's
     /// credentials, which keep those bits where the writer's would clear
     /// them. Once a file's handles use passthrough, later opens join them,
@@ -114,8 +115,9 @@ impl Union {
         register: RegisterBacking<'_>,
     ) -> io::Result<Opened> {
         let file = Arc::new(file);
-        let in_upper = !split && self.stack.upper().is_some() && node.state().layer == 0;
-        let eligible = in_upper && self.passthrough.is_on() && !is_setid(&file)?;
+        let layer = node.state().layer;
+        let fixed = self.stack.upper_index().is_none_or(|upper| layer == upper);
+        let eligible = !split && fixed && self.passthrough.is_on() && !is_setid(&file)?;
         let mut modes = node.open_modes.lock();
         let mut backing = None;
         let mode = if split {
@@ -271,32 +273,26 @@ impl Union {
         Ok(nix::unistd::lseek(file.as_fd(), offset, whence)?)
     }
 
-    /// Opens directory node `ino` for reading.
-    pub fn opendir(&self, ino: u64) -> io::Result<u64> {
+    /// Returns where a read of directory node `ino` at `offset` goes on.
+    /// Offset 0 takes a new listing, so `rewinddir` shows changes; other
+    /// offsets resume in the node's current listing.
+    pub fn readdir(&self, ino: u64, offset: u64) -> io::Result<Cursor> {
         let node = self.node(ino)?;
         if !node.is_dir {
             return Err(errno(libc::ENOTDIR));
         }
-        Ok(self.handles.insert_dir(node))
-    }
-
-    /// Returns the listing of directory handle `fh` from `offset` on. Offset
-    /// 0 takes a new listing, so `rewinddir` sees changes; every other offset
-    /// reads the listing taken then, so positions stay valid.
-    pub fn readdir(&self, fh: u64, offset: u64) -> io::Result<(Arc<Vec<DirEntry>>, usize)> {
-        let handle = self.handles.dir(fh)?;
-        if offset == 0 {
-            let listing = Arc::new(self.listing(&handle.node)?);
-            *handle.listing.lock() = listing.clone();
-            return Ok((listing, 0));
+        let resumed = node.listings.lock().resume(offset);
+        let cursor = match resumed {
+            Some(cursor) => cursor,
+            None => {
+                let listing = self.listing(&node)?;
+                node.listings.lock().start(listing, offset)
+            }
+        };
+        if cursor.at_end() {
+            node.listings.lock().finish(&cursor);
         }
-        let listing = handle.listing.lock().clone();
-        Ok((listing, offset as usize))
-    }
-
-    /// Closes directory handle `fh`.
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.remove_dir(fh);
+        Ok(cursor)
     }
 
     /// Flushes directory node `ino`'s upper copy to disk.
@@ -317,7 +313,6 @@ fn is_setid(file: &File) -> io::Result<bool> {
         || mode & (libc::S_ISGID | libc::S_IXGRP) == (libc::S_ISGID | libc::S_IXGRP))
 }
 
-/// Opens the real file at `place` with open(2) `flags`.
 /// Opens the regular file at `place` with open(2) `flags`; returns it and
 /// its stat. `lower` says the file is in a lower layer, whose access times
 /// reads must not change.

@@ -46,7 +46,13 @@ pub struct Union {
     notifier: Arc<OnceLock<fuser::Notifier>>,
     /// Whether upper-layer files are served by FUSE passthrough.
     passthrough: Passthrough,
+    /// Kernel references dropped so far, for trimming the heap now and then.
+    forgotten: std::sync::atomic::AtomicU64,
 }
+
+/// How many dropped kernel references make the daemon return freed heap
+/// memory to the system.
+const TRIM_EVERY: u64 = 1 << 16;
 
 /// The passthrough switch: on once the kernel grants the capability, off
 /// for good at the first refused registration.
@@ -94,6 +100,7 @@ impl Union {
             stack,
             notifier: Arc::new(OnceLock::new()),
             passthrough: Passthrough::default(),
+            forgotten: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -185,6 +192,13 @@ impl Union {
     /// Drops `count` kernel references to node `ino`.
     pub fn forget(&self, ino: u64, count: u64) {
         self.table.forget(ino, count);
+        let before = self
+            .forgotten
+            .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        if before / TRIM_EVERY != (before + count) / TRIM_EVERY {
+            self.table.shrink();
+            crate::sys::memory::trim_heap();
+        }
     }
 
     /// Resolves `name` in directory node `parent`; `None` when absent.
@@ -226,6 +240,9 @@ impl Union {
     /// unlink or rename, so what it leads to must be the node's object;
     /// otherwise the node is located anew.
     fn stat_node(&self, node: &Node) -> stdio::Result<(RealState, FileStat)> {
+        if let Some(last) = node.removed_dir() {
+            return Ok((node.snapshot(), last));
+        }
         for _ in 0..MAX_RELOCATIONS {
             let (state, place) = self.locate(node)?;
             let stat = match &place {

@@ -85,6 +85,12 @@ impl Union {
         let Some(node) = node else {
             return Ok(());
         };
+        if found.is_dir() {
+            // Close the directory's descriptors now: an open one keeps a
+            // removed directory's inode allocated until the kernel forgets
+            // the node, which may be after the next mkdir needs that inode.
+            node.mark_removed_dir(found.stat, found.state.is_merged());
+        }
         if !in_upper {
             // The lower object stays in its layer under this name.
             let alias = crate::inode::Alias {

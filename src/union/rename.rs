@@ -260,6 +260,9 @@ impl Union {
         if !node.remove_alias(parent, name) {
             return;
         }
+        if dst.is_dir() {
+            node.mark_removed_dir(dst.stat, dst.state.is_merged());
+        }
         if dst.state.layer == 0 && (dst.is_dir() || dst.stat.st_nlink <= 1) {
             node.mark_unlinked();
             self.table.forget_identity(dst.state.identity);
