@@ -145,6 +145,29 @@ fn rmdir_needs_merged_empty() {
 }
 
 #[test]
+fn open_directory_survives_rmdir() {
+    use std::os::unix::fs::MetadataExt;
+    let pair = pair();
+    pair.both("fstat removed dirs", |root| {
+        fs::remove_file(root.join("only1/deep/file")).unwrap();
+        fs::create_dir(root.join("fresh")).unwrap();
+        let mut seen = Vec::new();
+        for name in ["only1/deep", "fresh"] {
+            let dir = fs::File::open(root.join(name)).unwrap();
+            fs::remove_dir(root.join(name)).unwrap();
+            let meta = dir.metadata().unwrap();
+            seen.push(format!(
+                "{name}: dir {} nlink {}",
+                meta.is_dir(),
+                meta.nlink()
+            ));
+        }
+        seen.join("; ")
+    });
+    pair.finish();
+}
+
+#[test]
 fn remove_tree_then_recreate() {
     let pair = pair();
     pair.both("rm -r dir", |root| {

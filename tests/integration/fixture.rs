@@ -8,6 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fmt::Debug;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
@@ -208,6 +209,9 @@ pub struct Pair {
     scratch: Scratch,
     /// The lower layers under unionfs, topmost first.
     union_lowers: Vec<PathBuf>,
+    /// The lower layers built for unionfs, each with an untouched copy to
+    /// compare it with at the end.
+    built_lowers: Vec<(PathBuf, PathBuf)>,
     pub started: SystemTime,
 }
 
@@ -309,11 +313,23 @@ impl Pair {
         }
         let kernel = mounts.pop().unwrap();
         let union = mounts.pop().unwrap();
+        // Snapshots would change the access times that copy-up copies, so
+        // the check compares with a copy that no mount ever sees.
+        let built_lowers = union_lowers[..setup.lowers]
+            .iter()
+            .enumerate()
+            .map(|(index, path)| {
+                let reference = scratch.path(&format!("reference/lower{index}"));
+                (setup.fill)(Kind::Unionfs, index, &reference);
+                (path.clone(), reference)
+            })
+            .collect();
         Pair {
             union,
             kernel,
             scratch,
             union_lowers,
+            built_lowers,
             started,
         }
     }
@@ -355,7 +371,7 @@ impl Pair {
     }
 
     /// Checks the merged views, unmounts both, compares the upper layers,
-    /// and mounts unionfs's upper layer under kernel overlayfs to check it
+    /// checks that unionfs left its lower layers as they were, and mounts unionfs's upper layer under kernel overlayfs to check it
     /// shows the same merged view.
     pub fn finish(self) {
         self.finish_with(true);
@@ -371,6 +387,13 @@ impl Pair {
         let union_upper = snapshot::layer(&self.upper(Kind::Unionfs), self.started);
         let kernel_upper = snapshot::layer(&self.upper(Kind::Overlay), self.started);
         snapshot::assert_same(&union_upper, &kernel_upper, "upper layer");
+        for (path, reference) in &self.built_lowers {
+            snapshot::assert_same(
+                &snapshot::layer(path, self.started),
+                &snapshot::layer(reference, self.started),
+                &format!("lower layer {}", path.display()),
+            );
+        }
         if !remount {
             return;
         }
@@ -494,4 +517,37 @@ pub fn age(root: &Path) {
         )
         .unwrap_or_else(|err| panic!("cannot set times of {}: {err}", path.display()));
     }
+}
+
+/// Where daemons record their pids, one file per mount, named after the
+/// mount's device number as `major-minor`.
+const PID_DIR: &str = "/run/unionfs/fuse";
+
+/// Returns the device number `major:minor` of the mount at `path`, from
+/// /proc/self/mountinfo.
+fn mount_device(path: &Path) -> Option<String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        (fields.get(4) == Some(&target.as_str())).then(|| fields[2].to_string())
+    })
+}
+
+/// Returns the pid file path of the daemon serving the mount at `path`.
+pub fn pid_file(path: &Path) -> PathBuf {
+    let device = mount_device(path).expect("the mount must be in mountinfo");
+    Path::new(PID_DIR).join(device.replace(':', "-"))
+}
+
+/// Returns the pid of the daemon serving the mount at `path`.
+pub fn daemon_pid(path: &Path) -> i32 {
+    let file = pid_file(path);
+    let content = fs::read_to_string(&file)
+        .unwrap_or_else(|err| panic!("cannot read pid file {}: {err}", file.display()));
+    content
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("invalid pid file {}: {content:?}", file.display()))
 }

@@ -13,14 +13,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::fixture::{self, Mount, Scratch, errno, is_mounted, unionfs_bin, wait_for};
+use crate::fixture::{
+    self, Mount, Scratch, daemon_pid, errno, is_mounted, pid_file, unionfs_bin, wait_for,
+};
 
 /// Maximum time a daemon may take to start, or to exit after an unmount.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where daemons record their pids, one file per mount, named after the
-/// mount's device number as `major-minor`.
-const PID_DIR: &str = "/run/unionfs/fuse";
 
 /// Name of the default work dir when the upper layer is the root of its
 /// filesystem, so that no sibling directory can share its filesystem.
@@ -50,35 +48,6 @@ impl Drop for Unmount {
             }
         }
     }
-}
-
-/// Returns the device number `major:minor` of the mount at `path`, from
-/// /proc/self/mountinfo.
-fn mount_device(path: &Path) -> Option<String> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let target = path.to_string_lossy().replace(' ', "\\040");
-    mountinfo.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (fields.get(4) == Some(&target.as_str())).then(|| fields[2].to_string())
-    })
-}
-
-/// Returns the pid file path of the daemon serving the mount at `path`.
-fn pid_file(path: &Path) -> PathBuf {
-    let device = mount_device(path).expect("the mount must be in mountinfo");
-    Path::new(PID_DIR).join(device.replace(':', "-"))
-}
-
-/// Returns the pid of the daemon serving the mount at `path`.
-fn daemon_pid(path: &Path) -> i32 {
-    let file = pid_file(path);
-    let content = fs::read_to_string(&file)
-        .unwrap_or_else(|err| panic!("cannot read pid file {}: {err}", file.display()));
-    content
-        .split_whitespace()
-        .next()
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("invalid pid file {}: {content:?}", file.display()))
 }
 
 /// True while process `pid` exists and is not a zombie.

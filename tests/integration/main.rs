@@ -14,5 +14,6 @@ mod fileio;
 mod inodes;
 mod lifecycle;
 mod names;
+mod passthrough;
 mod rootfs;
 mod safety;

@@ -339,6 +339,55 @@ fn readdir_while_entries_added() {
     pair.finish();
 }
 
+/// What one reader saw while another started over in the same directory.
+#[derive(Debug, PartialEq, Eq)]
+struct Interleaved {
+    first_duplicates: usize,
+    first_missed: Vec<OsString>,
+    second_duplicates: usize,
+    second_missed: Vec<OsString>,
+}
+
+#[test]
+fn readers_interleaved_with_changes_keep_their_listings() {
+    let pair = three_layer_dir();
+    let seen = pair.both("two readers, names added and removed between", |root| {
+        let dir = root.join("d");
+        let before = sorted_listing(&dir);
+        let mut first = DirStream::open(&dir);
+        let mut first_seen = names_of(&first.read(Some(before.len() / 3)));
+        fs::write(dir.join("added-early"), "").unwrap();
+        fs::remove_file(dir.join("lower1-0999")).unwrap();
+        let mut second = DirStream::open(&dir);
+        let mut second_seen = names_of(&second.read(Some(before.len() / 2)));
+        fs::write(dir.join("added-late"), "").unwrap();
+        first_seen.extend(names_of(&first.read(None)));
+        second_seen.extend(names_of(&second.read(None)));
+        let missed = |seen: &[OsString]| -> Vec<OsString> {
+            let seen: BTreeSet<&OsString> = seen.iter().collect();
+            before
+                .iter()
+                .filter(|name| *name != "lower1-0999" && !seen.contains(name))
+                .cloned()
+                .collect()
+        };
+        Interleaved {
+            first_duplicates: duplicates(&first_seen),
+            first_missed: missed(&first_seen),
+            second_duplicates: duplicates(&second_seen),
+            second_missed: missed(&second_seen),
+        }
+    });
+    assert_eq!(seen.first_duplicates, 0, "names the first reader saw twice");
+    assert_eq!(seen.first_missed, Vec::<OsString>::new(), "first reader");
+    assert_eq!(
+        seen.second_duplicates, 0,
+        "names the second reader saw twice"
+    );
+    assert_eq!(seen.second_missed, Vec::<OsString>::new(), "second reader");
+    pair.finish();
+}
+
 #[test]
 fn listing_5000_names_across_layers() {
     let pair = Pair::with_upper(

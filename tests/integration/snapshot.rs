@@ -100,9 +100,18 @@ fn xattrs(path: &Path, in_layer: bool) -> BTreeMap<OsString, Vec<u8>> {
         .collect()
 }
 
+/// Hashes a file's data without touching its access time, so a snapshot
+/// leaves the tree as it found it.
 fn content_hash(path: &Path) -> u64 {
-    let data =
-        std::fs::read(path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut data = Vec::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+        .and_then(|mut file| file.read_to_end(&mut data))
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     data.hash(&mut hasher);
     hasher.finish()

@@ -25,11 +25,14 @@ fn exit_status_killed_child() {
 fn exit_status_pid_1_killed_from_host() {
     let container = Container::new("exitkill");
     let child = container.spawn(&[], "exec sleep 30");
-    assert!(wait_for(Duration::from_secs(10), || !container_pids(
-        &container.name
-    )
-    .is_empty()));
-    let init = container_pids(&container.name)[0];
+    // PID 1 is `sh` until it execs `sleep`; kill the `sleep`.
+    let sleeping = || {
+        container_pids(&container.name).into_iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm == "sleep\n")
+        })
+    };
+    assert!(wait_for(Duration::from_secs(10), || sleeping().is_some()));
+    let init = sleeping().expect("the container runs sleep");
     kill(Pid::from_raw(init), Signal::SIGKILL).unwrap();
     let output = child.wait_with_output().unwrap();
     assert_status(&output, 137);
