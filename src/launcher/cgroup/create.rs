@@ -3,7 +3,8 @@
 //!
 //! The container joins the hierarchy of every controller a limit needs, and
 //! also, where the host has them, memory, cpu, cpuacct and pids for their
-//! accounting and the v1 freezer for `Cgroup::kill_all`. On a hybrid host it
+//! accounting, the v1 freezer for `Cgroup::kill_all` and the v1 devices
+//! controller for the device rules. On a hybrid host it
 //! joins the unified hierarchy too, for `cgroup.kill` and `cgroup.events`.
 //! cpuset is joined only for `--cpuset-cpus`, because a v1 cpuset cgroup
 //! needs its CPUs and memory nodes copied in before a process can join.
@@ -20,12 +21,13 @@ use super::layout::{Controller, Layout, Location};
 use super::{CgroupDir, Limits, PARENT, Version, cpu, cpuset, memory, pids, unified};
 
 /// Controllers joined when the host has them, even without a limit.
-const ALWAYS_JOINED: [Controller; 5] = [
+const ALWAYS_JOINED: [Controller; 6] = [
     Controller::Memory,
     Controller::Cpu,
     Controller::Cpuacct,
     Controller::Pids,
     Controller::Freezer,
+    Controller::Devices,
 ];
 
 /// How often creating `unionfs/NAME` is tried when another launcher removes
@@ -262,7 +264,8 @@ pub fn apply_limits(
                     pids::apply(files, path, max)?;
                 }
             }
-            (Controller::Cpuacct | Controller::Freezer, _) => {}
+            // The device rules are written by `Cgroup::restrict_devices`.
+            (Controller::Cpuacct | Controller::Freezer | Controller::Devices, _) => {}
         }
     }
     Ok(())

@@ -67,6 +67,16 @@ pub enum CgroupError {
     )]
     NoHierarchy,
 
+    #[error(
+        "failed to attach the device filter (a cgroup BPF program) to {path}: {error}; the kernel needs CONFIG_CGROUP_BPF"
+    )]
+    DeviceFilter { path: PathBuf, error: io::Error },
+
+    #[error(
+        "cannot restrict the container's device access: no cgroup v1 devices hierarchy and no cgroup v2 hierarchy is mounted; mount cgroup2 at /sys/fs/cgroup"
+    )]
+    NoDeviceControl,
+
     #[error("failed to read /proc/self/mountinfo: {0}")]
     Mountinfo(io::Error),
 

@@ -28,16 +28,20 @@ pub enum Controller {
     Pids,
     /// The v1 freezer. cgroup v2 freezes through `cgroup.freeze` instead.
     Freezer,
+    /// The v1 devices controller. cgroup v2 filters devices with a BPF
+    /// program instead.
+    Devices,
 }
 
 impl Controller {
-    pub const ALL: [Controller; 6] = [
+    pub const ALL: [Controller; 7] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Cpuset,
         Controller::Pids,
         Controller::Freezer,
+        Controller::Devices,
     ];
 
     /// Returns the kernel's name for the controller.
@@ -49,11 +53,12 @@ impl Controller {
             Controller::Cpuset => "cpuset",
             Controller::Pids => "pids",
             Controller::Freezer => "freezer",
+            Controller::Devices => "devices",
         }
     }
 
     /// Returns the controller the kernel calls `name`, or None for one the
-    /// launcher does not use (devices, blkio, hugetlb, and others).
+    /// launcher does not use (blkio, hugetlb, and others).
     pub fn from_name(name: &str) -> Option<Controller> {
         Controller::ALL
             .into_iter()
@@ -327,11 +332,7 @@ mod tests {
         let layout = Layout::from_mounts(&parse_mountinfo(&text), &HostFiles).unwrap();
 
         assert_eq!(layout.kind(), LayoutKind::Hybrid);
-        assert_eq!(
-            layout.v1.len(),
-            6,
-            "devices and name=systemd are left out: {layout:?}"
-        );
+        assert_eq!(layout.v1.len(), 7, "name=systemd is left out: {layout:?}");
         assert_eq!(
             layout.unified.as_ref().unwrap().controllers,
             Vec::<Controller>::new()

@@ -14,6 +14,7 @@
 pub mod cpu;
 pub mod cpuset;
 mod create;
+pub mod devices;
 pub mod error;
 pub mod files;
 pub mod freezer;
@@ -125,7 +126,7 @@ impl Limits {
             Controller::Cpu => self.cpu_shares.map(|_| "--cpu-shares"),
             Controller::Cpuset => self.cpuset_cpus.as_ref().map(|_| "--cpuset-cpus"),
             Controller::Pids => self.pids.map(|_| "--pids-limit"),
-            Controller::Cpuacct | Controller::Freezer => None,
+            Controller::Cpuacct | Controller::Freezer | Controller::Devices => None,
         }
     }
 }
@@ -189,7 +190,68 @@ impl Cgroup {
                 return Err(error);
             }
         }
+        if let Err(error) = cgroup.restrict_devices() {
+            cgroup.discard();
+            return Err(error);
+        }
         Ok(cgroup)
+    }
+
+    /// Limits device access to Docker's default rules: through the v1
+    /// devices controller where the host has one, or else a device program
+    /// attached to the container's cgroup v2 directory.
+    fn restrict_devices(&self) -> Result<(), CgroupError> {
+        if let Some(dir) = self.controller_dir(Controller::Devices) {
+            debug!("cgroup: device rules in {}", dir.path.display());
+            return devices::apply_v1(&HostFiles, &dir.path, devices::DEFAULT_RULES);
+        }
+        match self.unified_dir() {
+            Some(dir) => {
+                debug!("cgroup: device program on {}", dir.path.display());
+                devices::attach_v2(&dir.path, devices::DEFAULT_RULES)
+            }
+            None => Err(CgroupError::NoDeviceControl),
+        }
+    }
+
+    /// Opens the existing cgroup of container `name`, to kill what is left
+    /// in it and remove it after its launcher died. Returns None if no
+    /// hierarchy has a directory for it. The limits are not read back.
+    pub fn open(name: &str) -> Result<Option<Cgroup>, CgroupError> {
+        validate_name(name)?;
+        let layout = Layout::detect()?;
+        let mut dirs = Vec::new();
+        let hierarchies = layout
+            .v1
+            .iter()
+            .map(|hierarchy| (&hierarchy.mount_point, Version::V1, &hierarchy.controllers))
+            .chain(layout.unified.iter().map(|hierarchy| {
+                (
+                    &hierarchy.mount_point,
+                    Version::Unified,
+                    &hierarchy.controllers,
+                )
+            }));
+        for (mount_point, version, controllers) in hierarchies {
+            let parent = mount_point.join(PARENT);
+            let path = parent.join(name);
+            if path.is_dir() {
+                dirs.push(CgroupDir {
+                    path,
+                    parent,
+                    version,
+                    controllers: controllers.clone(),
+                });
+            }
+        }
+        if dirs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Cgroup {
+            name: name.to_string(),
+            dirs,
+            limits: Limits::default(),
+        }))
     }
 
     /// Creates the directory in one hierarchy and writes its limits. The
