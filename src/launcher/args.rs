@@ -15,7 +15,7 @@ pub struct RunArgs {
 
     /// Command to run as PID 1, and its arguments
     #[arg(
-        required = true,
+        required_unless_present = "image",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "COMMAND"
@@ -104,4 +104,86 @@ pub struct RunArgs {
     /// or SIGTERM before every process in the container is killed
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub stop_timeout: u64,
+
+    /// Run on an OCI image layout: its layers go under LAYERS, and its
+    /// config's Entrypoint, Cmd, Env, WorkingDir and User are defaults
+    #[arg(long, value_name = "DIR")]
+    pub image: Option<PathBuf>,
+
+    /// Directory where --image unpacks each layer once, by digest
+    /// (default: /var/lib/unionfs/layers)
+    #[arg(long, value_name = "DIR", requires = "image")]
+    pub image_cache: Option<PathBuf>,
+
+    /// Run in the background: print the container id once the command has
+    /// started, and keep its stdout and stderr for `unionfs logs`
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+/// Arguments of `unionfs exec [OPTIONS] CONTAINER -- COMMAND [ARG...]`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ExecArgs {
+    /// Container id, id prefix or name
+    pub container: String,
+
+    /// Command to run in the container, and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+
+    /// Set an environment variable on top of the container's; KEY alone
+    /// copies it from this process (repeatable)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Working directory inside the container (default: the container's)
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// User and group to run as (default: the container's)
+    #[arg(short, long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+
+    /// Allocate a pseudo-terminal for the command
+    #[arg(short, long)]
+    pub tty: bool,
+
+    /// Keep stdin open (without it the command's stdin is /dev/null)
+    #[arg(short, long)]
+    pub interactive: bool,
+}
+
+/// Arguments of `unionfs stop [-t SECONDS] CONTAINER...`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct StopArgs {
+    /// Container ids, id prefixes or names
+    #[arg(required = true, value_name = "CONTAINER")]
+    pub containers: Vec<String>,
+
+    /// Seconds to wait after SIGTERM before sending SIGKILL
+    #[arg(
+        short = 't',
+        long = "time",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    pub time: u64,
+}
+
+/// Arguments of `unionfs rm [-f] CONTAINER...`.
+#[derive(Args, Debug, Default, Clone)]
+pub struct RmArgs {
+    /// Container ids, id prefixes or names
+    #[arg(required = true, value_name = "CONTAINER")]
+    pub containers: Vec<String>,
+
+    /// Kill a running container (SIGKILL) and remove it, instead of
+    /// rejecting it
+    #[arg(short, long)]
+    pub force: bool,
 }

@@ -46,6 +46,8 @@ pub struct Volume {
 /// A validated `unionfs run` request.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
+    /// The container id: 64 hex digits from the launcher, any text in tests.
+    pub id: String,
     pub name: String,
     /// LAYERS as given, passed on to `unionfs mount` unchanged.
     pub layers: String,
@@ -56,6 +58,8 @@ pub struct RunConfig {
     pub env: Vec<(String, OsString)>,
     pub workdir: PathBuf,
     pub user: UserSpec,
+    /// `--user` as given, recorded for `unionfs exec`.
+    pub user_text: Option<String>,
     pub volumes: Vec<Volume>,
     pub limits: Limits,
     pub network: Network,
@@ -64,6 +68,8 @@ pub struct RunConfig {
     pub remove: bool,
     pub capabilities: Capabilities,
     pub stop_timeout: Duration,
+    /// `-d`: run in the background under a monitor process.
+    pub detach: bool,
 }
 
 impl RunConfig {
@@ -112,10 +118,14 @@ pub enum ConfigError {
 }
 
 impl RunConfig {
-    /// Validates `args`. `name` is used when `--name` is absent.
-    pub fn from_args(args: RunArgs, default_name: String) -> Result<RunConfig, ConfigError> {
+    /// Validates `args` for the container `id`. Without `--name`, the name
+    /// is the id's first 12 characters, as Docker shows short ids.
+    pub fn from_args(args: RunArgs, id: String) -> Result<RunConfig, ConfigError> {
         let layer_specs = options::parse_layers(&args.layers)?;
-        let name = args.name.clone().unwrap_or(default_name);
+        let name = match &args.name {
+            Some(name) => name.clone(),
+            None => id.chars().take(12).collect(),
+        };
         check_name(&name)?;
         let hostname = args.hostname.clone().unwrap_or_else(|| name.clone());
         check_hostname(&hostname)?;
@@ -146,6 +156,7 @@ impl RunConfig {
         let capabilities = capabilities::resolve(&args.cap_add, &args.cap_drop)?;
         let limits = parse_limits(&args)?;
         Ok(RunConfig {
+            id,
             name,
             layers: args.layers,
             layer_specs,
@@ -154,6 +165,7 @@ impl RunConfig {
             env,
             workdir,
             user,
+            user_text: args.user.clone(),
             volumes,
             limits,
             network,
@@ -162,6 +174,7 @@ impl RunConfig {
             remove: args.rm,
             capabilities,
             stop_timeout: Duration::from_secs(args.stop_timeout),
+            detach: args.detach,
         })
     }
 }
@@ -209,7 +222,7 @@ fn default_env(hostname: &str, tty: bool) -> Vec<(String, OsString)> {
 
 /// Parses `KEY=VALUE`, or `KEY` alone, which takes the value from this
 /// process's environment and is skipped when unset there (as Docker does).
-fn parse_env(entry: &str) -> Result<Option<(String, OsString)>, ConfigError> {
+pub fn parse_env(entry: &str) -> Result<Option<(String, OsString)>, ConfigError> {
     let (key, value) = match entry.split_once('=') {
         Some((key, value)) => (key, Some(OsString::from(value))),
         None => (entry, None),
@@ -289,9 +302,23 @@ fn parse_volume(value: &str) -> Result<Volume, ConfigError> {
     })
 }
 
+/// Parses `--memory`. A size of zero (`0`, `0b`, `0k`) is rejected here,
+/// with the text as given, because `Limits::validate` only gets the bytes.
+fn parse_memory_limit(text: &str) -> Result<u64, ConfigError> {
+    let bytes = cgroup::parse_memory(text).map_err(ConfigError::Memory)?;
+    if bytes == 0 {
+        return Err(ConfigError::Memory(CgroupError::InvalidLimit {
+            option: "--memory",
+            value: text.to_string(),
+            reason: "the limit must be at least 1 byte".to_string(),
+        }));
+    }
+    Ok(bytes)
+}
+
 fn parse_limits(args: &RunArgs) -> Result<Limits, ConfigError> {
     let memory = match &args.memory {
-        Some(text) => Some(cgroup::parse_memory(text).map_err(ConfigError::Memory)?),
+        Some(text) => Some(parse_memory_limit(text)?),
         None => None,
     };
     let limits = Limits {
@@ -445,6 +472,8 @@ mod tests {
                 &["--cpu-shares value 1", "2 and 262144"],
             ),
             (|a| a.pids_limit = Some(0), &["--pids-limit value 0"]),
+            (|a| a.memory = Some("0b".into()), &["--memory value 0b"]),
+            (|a| a.memory = Some("0m".into()), &["--memory value 0m"]),
             (
                 |a| a.cpuset_cpus = Some("0-x".into()),
                 &["--cpuset-cpus value 0-x"],

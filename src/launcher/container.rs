@@ -32,8 +32,10 @@ use nix::unistd::Pid;
 
 use super::cgroup::{Cgroup, format_memory};
 use super::config::{Network, RunConfig, Volume};
+use super::detach::{ContainerStdio, Monitor};
 use super::init::{self, EXIT_LAUNCH_FAILED, InitError};
 use super::linux::LinuxSyscalls;
+use super::record::{self, ProcessId, Record, Status};
 use super::signals::SignalPipe;
 use super::supervisor::Supervisor;
 use super::syscalls::Syscalls;
@@ -62,14 +64,44 @@ impl From<anyhow::Error> for RunError {
 }
 
 /// Runs the container and returns its exit status; everything created is
-/// removed before this returns, also on error.
-pub fn run(config: &RunConfig) -> Result<i32, RunError> {
+/// removed before this returns, also on error. The container's record
+/// lists it while it runs. With `monitor` (`run -d`) the record stays after
+/// the exit, with the exit status, unless `--rm` was given.
+pub fn run(config: &RunConfig, monitor: Option<&mut Monitor>) -> Result<i32, RunError> {
     let config = &with_host_dns(config);
     check_host(config)?;
+    let rootfs = Path::new(STATE_DIR).join(&config.name).join("rootfs");
+    let this_process =
+        ProcessId::of(nix::unistd::getpid()).context("failed to read this process's start time")?;
+    let mut record = Record::new(config, rootfs, this_process);
+    record.create()?;
+
+    let result = run_recorded(config, &mut record, monitor);
+
+    let keep = config.detach && !config.remove && record.init.is_some();
+    let recorded = if keep {
+        record.status = Status::Exited;
+        record.finished_at.get_or_insert_with(record::now);
+        record.save()
+    } else {
+        record.delete()
+    };
+    if let Err(err) = recorded {
+        eprintln!("unionfs run: {err:#}");
+    }
+    result
+}
+
+/// Runs the container of `record` and tears it down.
+fn run_recorded(
+    config: &RunConfig,
+    record: &mut Record,
+    monitor: Option<&mut Monitor>,
+) -> Result<i32, RunError> {
     let mut signals = SignalPipe::install().context("failed to install signal handlers")?;
     let mut teardown = Teardown::default();
     teardown.remove_layer = config.remove;
-    let result = start_and_wait(config, &mut signals, &mut teardown);
+    let result = start_and_wait(config, record, monitor, &mut signals, &mut teardown);
     let errors = teardown.run();
     for error in &errors {
         eprintln!("unionfs run: {error:#}");
@@ -88,6 +120,8 @@ pub fn run(config: &RunConfig) -> Result<i32, RunError> {
 
 fn start_and_wait(
     config: &RunConfig,
+    record: &mut Record,
+    mut monitor: Option<&mut Monitor>,
     signals: &mut SignalPipe,
     teardown: &mut Teardown,
 ) -> Result<i32, RunError> {
@@ -102,12 +136,25 @@ fn start_and_wait(
     let cgroup = Cgroup::create(&config.name, &config.limits)
         .context("failed to create the container's cgroup")?;
     let cgroup = teardown.cgroup.insert(cgroup);
+    record.cgroups = cgroup.paths().into_iter().map(Path::to_path_buf).collect();
+    let stdio = match monitor.as_deref_mut() {
+        Some(monitor) => Some(monitor.container_stdio(record, config.interactive)?),
+        None => None,
+    };
 
     // Set only now, so the FUSE server started above is not reparented to
     // the launcher: PID 1 is, once the intermediate process exits.
     nix::sys::prctl::set_child_subreaper(true).context("failed to become a child subreaper")?;
-    let started = spawn(config, &mountpoint, cgroup)?;
+    let started = spawn(config, &mountpoint, cgroup, stdio)?;
     teardown.started = true;
+    record.init =
+        Some(ProcessId::of(started.init).context("failed to read the start time of PID 1")?);
+    record.status = Status::Running;
+    record.started_at = Some(record::now());
+    record.save()?;
+    if let Some(monitor) = monitor {
+        monitor.started(record);
+    }
 
     let _raw_mode = if config.tty {
         RawMode::enter(std::io::stdin()).context("failed to put the terminal in raw mode")?
@@ -117,7 +164,7 @@ fn start_and_wait(
     let exit = Supervisor {
         init: started.init,
         signals,
-        cgroup,
+        cgroup: Some(cgroup),
         master: started.master,
         relay_stdin: config.tty && config.interactive,
         stop_timeout: config.stop_timeout,
@@ -126,23 +173,34 @@ fn start_and_wait(
     .context("failed while waiting for the container")?;
     debug!("container {} PID 1 ended: {exit:?}", config.name);
 
-    report_oom(cgroup);
+    record.exit_code = Some(exit.status());
+    record.finished_at = Some(record::now());
+    record.oom_killed = report_oom(cgroup);
     Ok(exit.status())
 }
 
-/// Prints the OOM report when the kernel's OOM killer acted in the cgroup;
-/// exit status 137 alone does not tell it from `kill -9`.
-fn report_oom(cgroup: &Cgroup) {
+/// Prints the OOM report when the kernel's OOM killer acted in the cgroup,
+/// and returns whether it did. Exit status 137 alone does not tell it from
+/// `kill -9`.
+fn report_oom(cgroup: &Cgroup) -> bool {
     if cgroup.memory_limit().is_none() {
-        return;
+        return false;
     }
     match cgroup.oom_killed() {
-        Ok(true) => match cgroup.memory_limit() {
-            Some(limit) => eprintln!("unionfs run: out of memory: limit {}", format_memory(limit)),
-            None => eprintln!("unionfs run: out of memory"),
-        },
-        Ok(false) => {}
-        Err(err) => debug!("cannot read the OOM counter: {err}"),
+        Ok(true) => {
+            match cgroup.memory_limit() {
+                Some(limit) => {
+                    eprintln!("unionfs run: out of memory: limit {}", format_memory(limit))
+                }
+                None => eprintln!("unionfs run: out of memory"),
+            }
+            true
+        }
+        Ok(false) => false,
+        Err(err) => {
+            debug!("cannot read the OOM counter: {err}");
+            false
+        }
     }
 }
 
@@ -258,11 +316,19 @@ struct Channels {
     pid: (OwnedFd, OwnedFd),
     error: (OwnedFd, OwnedFd),
     tty: Option<(UnixStream, UnixStream)>,
+    /// The container's stdin, stdout and stderr with `run -d`; otherwise
+    /// it inherits the launcher's.
+    stdio: Option<ContainerStdio>,
 }
 
 /// Forks the intermediate process and PID 1, and waits until PID 1 ran
 /// `execve` or failed.
-fn spawn(config: &RunConfig, rootfs: &Path, cgroup: &Cgroup) -> Result<Started, RunError> {
+fn spawn(
+    config: &RunConfig,
+    rootfs: &Path,
+    cgroup: &Cgroup,
+    stdio: Option<ContainerStdio>,
+) -> Result<Started, RunError> {
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe");
     let channels = Channels {
         go: pipe()?,
@@ -272,6 +338,7 @@ fn spawn(config: &RunConfig, rootfs: &Path, cgroup: &Cgroup) -> Result<Started, 
             true => Some(UnixStream::pair().context("failed to create the terminal socket")?),
             false => None,
         },
+        stdio,
     };
     let threads = thread_count().context("failed to count the launcher's threads")?;
     if threads != 1 {
@@ -292,8 +359,9 @@ fn launcher_side(child: Pid, cgroup: &Cgroup, channels: Channels) -> Result<Star
         pid,
         error,
         tty,
+        stdio,
     } = channels;
-    drop((go.0, pid.1, error.1));
+    drop((go.0, pid.1, error.1, stdio));
     let tty_socket = tty.map(|(launcher_end, _)| launcher_end);
 
     let joined = cgroup.add(child);
@@ -347,6 +415,7 @@ fn intermediate(config: &RunConfig, rootfs: &Path, channels: Channels) -> ! {
         pid,
         error,
         tty,
+        stdio,
     } = channels;
     drop((go.1, pid.0, error.0));
     let tty_socket = tty.map(|(_, container_end)| OwnedFd::from(container_end));
@@ -364,6 +433,13 @@ fn intermediate(config: &RunConfig, rootfs: &Path, channels: Channels) -> ! {
 
     if let Err(err) = crate::sys::exec::reset_signals() {
         fail(format!("failed to reset signal handlers: {err}"));
+    }
+    if let Some(stdio) = stdio {
+        if let Err(err) = stdio.install() {
+            fail(format!(
+                "failed to connect the container's output to its logs: {err}"
+            ));
+        }
     }
     // Not dumpable: no other process may open /proc/PID/exe, the host binary.
     if let Err(err) = nix::sys::prctl::set_dumpable(false) {

@@ -8,7 +8,7 @@
 //! The terminal needs the container's `/dev/ptmx`. `chdir` to the working
 //! directory runs as the final user, so its permissions apply.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -60,7 +60,13 @@ pub fn run(sys: &dyn Syscalls, config: &RunConfig) -> InitError {
     // its children to reap, as in Docker without --init. What is left when
     // it exits is killed and reaped by the kernel.
     let error = sys.exec(&config.command, &env);
-    let command = config.command[0].to_string_lossy();
+    exec_failure(&config.command[0], &error)
+}
+
+/// Maps a failed `execve` of `command` to its exit status and message:
+/// 127 when it is not found, 126 when it cannot be run, 125 otherwise.
+pub fn exec_failure(command: &OsStr, error: &std::io::Error) -> InitError {
+    let command = command.to_string_lossy();
     match error.raw_os_error() {
         Some(libc::ENOENT) => InitError {
             status: EXIT_NOT_FOUND,

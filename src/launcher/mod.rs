@@ -13,16 +13,24 @@
 //! - `supervisor`, `signals`, `tty`: waiting, signal forwarding, terminals.
 //! - `teardown`: removal of everything a run created, in order.
 //! - `cgroup`: the container's cgroups on v1, v2 and hybrid hosts.
+//! - `record`: each container's state under `/run/unionfs/ID`.
+//! - `detach`, `lifecycle`, `exec`: `run -d` and its monitor, `ps`,
+//!   `logs`, `stop`, `rm`, and `exec`.
 
 pub mod args;
 pub mod capabilities;
 pub mod cgroup;
 pub mod config;
 pub mod container;
+pub mod detach;
 pub mod devices;
+pub mod exec;
+pub mod image;
 pub mod init;
+pub mod lifecycle;
 pub mod linux;
 pub mod merged;
+pub mod record;
 pub mod rootfs;
 pub mod signals;
 pub mod supervisor;
@@ -46,14 +54,24 @@ use config::RunConfig;
 /// not found.
 pub fn main(args: RunArgs) -> i32 {
     crate::logging::to_stderr(crate::logging::level(0));
-    let config = match RunConfig::from_args(args, random_name()) {
+    let args = match image::apply(args) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("unionfs run: --image: {error}");
+            return init::EXIT_LAUNCH_FAILED;
+        }
+    };
+    let config = match RunConfig::from_args(args, random_id()) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("unionfs run: {error}");
             return init::EXIT_LAUNCH_FAILED;
         }
     };
-    match container::run(&config) {
+    if config.detach {
+        return detach::run(&config);
+    }
+    match container::run(&config, None) {
         Ok(status) => status,
         Err(failure) => {
             eprintln!("unionfs run: {:#}", failure.error);
@@ -62,16 +80,20 @@ pub fn main(args: RunArgs) -> i32 {
     }
 }
 
-/// Returns a random 12-digit hex name, as Docker's short container ids look.
-fn random_name() -> String {
-    let mut bytes = [0u8; 6];
+/// Returns a random container id of 64 hex digits, as Docker's look.
+fn random_id() -> String {
+    let mut bytes = [0u8; record::ID_LENGTH / 2];
     if let Err(err) =
         std::fs::File::open("/dev/urandom").and_then(|mut file| file.read_exact(&mut bytes))
     {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         log::warn!(
-            "cannot read /dev/urandom ({err}); naming the container after the launcher's pid"
+            "cannot read /dev/urandom ({err}); deriving the container id from the time and pid"
         );
-        return format!("{:012x}", std::process::id());
+        return format!("{nanos:056x}{:08x}", std::process::id());
     }
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

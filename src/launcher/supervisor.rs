@@ -1,7 +1,9 @@
 //! The launcher's side while the container runs: it waits for PID 1,
 //! forwards signals to it and relays the terminal with `-t`. When PID 1
 //! ignores a forwarded SIGINT or SIGTERM for longer than `--stop-timeout`,
-//! it kills every process in the cgroup.
+//! it kills every process in the cgroup. `unionfs exec` supervises its
+//! command the same way, without a cgroup of its own: there the command
+//! alone is killed.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -43,7 +45,8 @@ impl Exit {
 pub struct Supervisor<'a> {
     pub init: Pid,
     pub signals: &'a mut SignalPipe,
-    pub cgroup: &'a Cgroup,
+    /// The cgroup killed when the timeout passes; without one, `init` is.
+    pub cgroup: Option<&'a Cgroup>,
     /// The container terminal's master, with `-t`.
     pub master: Option<OwnedFd>,
     /// Relay the launcher's stdin to the terminal (`-i` with `-t`).
@@ -108,12 +111,29 @@ impl Supervisor<'_> {
             }
             if kill_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
                 kill_deadline = None;
+                self.kill_after_timeout();
+            }
+        }
+    }
+
+    fn kill_after_timeout(&self) {
+        match self.cgroup {
+            Some(cgroup) => {
                 warn!(
                     "the container did not exit within {:?} of the signal; killing every process in it",
                     self.stop_timeout
                 );
-                if let Err(err) = self.cgroup.kill_all() {
+                if let Err(err) = cgroup.kill_all() {
                     warn!("{err}");
+                }
+            }
+            None => {
+                warn!(
+                    "pid {} did not exit within {:?} of the signal; killing it",
+                    self.init, self.stop_timeout
+                );
+                if let Err(err) = kill(self.init, Signal::SIGKILL) {
+                    warn!("cannot kill pid {}: {err}", self.init);
                 }
             }
         }
@@ -156,7 +176,8 @@ impl Supervisor<'_> {
                     }
                     if matches!(signal, Signal::SIGINT | Signal::SIGTERM) && kill_deadline.is_none()
                     {
-                        *kill_deadline = Some(Instant::now() + self.stop_timeout);
+                        // A timeout too large for the clock sets no deadline.
+                        *kill_deadline = Instant::now().checked_add(self.stop_timeout);
                     }
                 }
             }

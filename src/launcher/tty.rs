@@ -35,6 +35,10 @@ pub fn attach_new_terminal(socket: BorrowedFd<'_>) -> io::Result<()> {
         .write(true)
         .open(&slave_path)?;
     terminal::set_controlling_terminal(slave.as_fd())?;
+    // The caller's terminal is still stdin here. Its size is copied now, so
+    // the command's first TIOCGWINSZ returns it; the launcher's relay
+    // passes on later changes.
+    copy_window_size(std::io::stdin().as_fd(), master.as_fd());
     fdpass::send_fd(socket, master.as_fd())?;
     nix::unistd::dup2_stdin(slave.as_fd())?;
     nix::unistd::dup2_stdout(slave.as_fd())?;

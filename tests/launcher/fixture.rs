@@ -15,6 +15,9 @@ use tempfile::TempDir;
 /// Where the launcher keeps each container's mountpoint.
 pub const STATE_DIR: &str = "/run/unionfs/containers";
 
+/// Where the launcher keeps each container's record, `ID/state.json`.
+pub const RECORDS_DIR: &str = "/run/unionfs";
+
 pub fn unionfs_bin() -> &'static str {
     env!("CARGO_BIN_EXE_unionfs")
 }
@@ -98,7 +101,7 @@ impl Container {
     }
 
     /// Asserts that nothing of this container is left: no mount of its
-    /// root, no cgroup directory, no state directory.
+    /// root, no cgroup directory, no state directory, no record.
     pub fn assert_no_leftovers(&self) {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let state = Path::new(STATE_DIR).join(&self.name);
@@ -118,7 +121,27 @@ impl Container {
         );
         let leftovers = cgroup_dirs(&self.name);
         assert!(leftovers.is_empty(), "cgroups left behind: {leftovers:?}");
+        let records = record_dirs(&self.name);
+        assert!(records.is_empty(), "records left behind: {records:?}");
     }
+}
+
+/// Returns the record directories whose `state.json` names container `name`.
+pub fn record_dirs(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(RECORDS_DIR) else {
+        return found;
+    };
+    let needle = format!("\"name\": {name:?}");
+    for entry in entries.flatten() {
+        let Ok(state) = std::fs::read_to_string(entry.path().join("state.json")) else {
+            continue;
+        };
+        if state.contains(&needle) {
+            found.push(entry.path());
+        }
+    }
+    found
 }
 
 /// Returns the cgroup directories named `name` under any hierarchy.

@@ -7,10 +7,12 @@ mod fixture;
 
 mod cgroups;
 mod debian;
+mod devices;
 mod exits;
 mod files;
 mod input;
 mod isolation;
+mod lifecycle;
 mod mounts;
 mod security;
 mod terminal;

@@ -80,6 +80,7 @@ fn assert_names_value(error: &OptionsError, input: &str) {
         OptionsError::UnexpectedValue { option, value } => vec![option, value],
         OptionsError::MissingValue { option, .. } => vec![option],
         OptionsError::InvalidValue { option, .. } => vec![option],
+        OptionsError::IdMapping { option, .. } => vec![option],
         OptionsError::UpperWithoutLower { .. } | OptionsError::WorkdirWithoutUpper { .. } => {
             vec![]
         }
