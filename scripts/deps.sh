@@ -23,6 +23,9 @@ readonly PACKAGES=(
     procps
     iproute2
     python3
+    podman
+    runc
+    umoci
 )
 
 readonly KERNEL_FILESYSTEMS=(fuse overlay)

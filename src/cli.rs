@@ -63,6 +63,29 @@ enum Command {
     /// Run COMMAND in a container whose root filesystem is the union of
     /// LAYERS (the container layer first, then image layers)
     Run(Box<crate::launcher::RunArgs>),
+    /// Import or export an OCI/Docker image layer tar
+    #[command(subcommand)]
+    Layer(crate::layer::cli::LayerCommand),
+    /// List containers, running and exited, oldest first
+    Ps {
+        /// Show full ids and commands
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Print the stdout and stderr of a container started with run -d
+    Logs {
+        /// Container id, id prefix or name
+        container: String,
+        /// Keep printing new output until the container exits
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running container, in all its namespaces and its cgroup
+    Exec(Box<crate::launcher::args::ExecArgs>),
+    /// Stop containers: SIGTERM to PID 1, SIGKILL after a timeout
+    Stop(crate::launcher::args::StopArgs),
+    /// Remove stopped containers: their records and logs
+    Rm(crate::launcher::args::RmArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -101,6 +124,14 @@ pub fn main() -> i32 {
             mount::umount_command(&mountpoint, lazy, Duration::from_secs(timeout))
         }
         Some(Command::Run(args)) => return crate::launcher::main(*args),
+        Some(Command::Layer(command)) => return crate::layer::cli::main(command),
+        Some(Command::Ps { no_trunc }) => return crate::launcher::lifecycle::ps(no_trunc),
+        Some(Command::Logs { container, follow }) => {
+            return crate::launcher::lifecycle::logs(&container, follow);
+        }
+        Some(Command::Exec(args)) => return crate::launcher::exec::main(*args),
+        Some(Command::Stop(args)) => return crate::launcher::lifecycle::stop(&args),
+        Some(Command::Rm(args)) => return crate::launcher::lifecycle::rm(&args),
         None => match (cli.source, cli.mountpoint) {
             (Some(source), Some(mountpoint)) => {
                 run_mount(Some(source), mountpoint, cli.mount, false)
@@ -136,7 +167,7 @@ fn run_mount(
         logging::to_stderr(logging::level(args.verbose));
         return mount::remount(&mountpoint, &args.options);
     }
-    let options = options::resolve(source.as_deref(), &args.options)?;
+    let mut options = options::resolve(source.as_deref(), &args.options)?;
     if layers_given
         && args
             .options
@@ -151,6 +182,7 @@ fn run_mount(
     } else {
         logging::to_file_or_syslog(args.log_file.as_deref(), level)?;
     }
+    crate::idmap::settle(&mut options).map_err(anyhow::Error::msg)?;
     mount::mount(MountRequest {
         options,
         mountpoint,

@@ -7,11 +7,13 @@
 
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod exec;
 pub mod fdpass;
 pub mod file;
 pub mod memory;
 pub mod net;
+pub mod pidfd;
 pub mod process;
 pub mod terminal;
 pub mod xattr;
