@@ -16,6 +16,9 @@ pub mod cli;
 pub mod digest;
 pub mod export;
 pub mod import;
+mod import_metadata;
+mod import_tree;
+mod import_whiteout;
 pub mod path;
 
 pub use export::{ExportOptions, ExportSummary, export_file};
