@@ -27,9 +27,12 @@ use crate::union::{NewKind, NewObject, Opened, SetAttr, Union};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 
 /// Capabilities asked of the kernel at init, each granted only if supported.
-const WANTED: [InitFlags; 9] = [
+const WANTED: [InitFlags; 10] = [
     // Apply the umask here, so a default ACL on the parent can replace it.
     InitFlags::FUSE_DONT_MASK,
+    // Let the kernel check POSIX ACLs, as kernel overlayfs does, and cache
+    // them, which saves `ls -l` two round trips per name.
+    InitFlags::FUSE_POSIX_ACL,
     // Pass O_TRUNC to open, so a truncating open copies up no data.
     InitFlags::FUSE_ATOMIC_O_TRUNC,
     InitFlags::FUSE_PARALLEL_DIROPS,

@@ -566,3 +566,56 @@ fn read_leaves_lower_atime() {
     });
     pair.finish();
 }
+
+/// POSIX ACLs in a lower layer decide access through the merged view, as
+/// under kernel overlayfs: a named-user entry without permissions denies
+/// that user what the other bits allow, and a copy-up keeps the ACL.
+#[test]
+fn lower_acl_enforced() {
+    let pair = Pair::new(1, |_, root| {
+        fixture::write(root, "denied.txt", "secret\n");
+        fixture::write(root, "granted.txt", "shared\n");
+        fs::set_permissions(root.join("granted.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+        for (name, entry) in [
+            ("denied.txt", "u:65534:---"),
+            ("granted.txt", "u:65534:r--"),
+        ] {
+            fixture::run(
+                Command::new("setfacl")
+                    .args(["-m", entry])
+                    .arg(root.join(name)),
+            );
+        }
+        fixture::age(root);
+    });
+    let read_as_nobody = |root: &Path| {
+        ["denied.txt", "granted.txt"].map(|name| {
+            Command::new("setpriv")
+                .args([
+                    "--reuid",
+                    "65534",
+                    "--regid",
+                    "65534",
+                    "--clear-groups",
+                    "cat",
+                ])
+                .arg(root.join(name))
+                .output()
+                .unwrap()
+                .status
+                .success()
+        })
+    };
+    assert_eq!(pair.both("read as nobody", read_as_nobody), [false, true]);
+    pair.both("chmod copies up", |root| {
+        errno(fs::set_permissions(
+            root.join("denied.txt"),
+            fs::Permissions::from_mode(0o644),
+        ))
+    });
+    assert_eq!(
+        pair.both("read after copy-up", read_as_nobody),
+        [false, true]
+    );
+    pair.finish();
+}
