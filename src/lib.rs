@@ -23,6 +23,7 @@ pub mod mount;
 pub mod options;
 pub mod readdir;
 pub mod real;
+pub mod rundir;
 pub mod stack;
 pub mod sys;
 pub mod union;

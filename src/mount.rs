@@ -519,7 +519,8 @@ impl PidFile {
                 .map(|(_, start)| start)
                 .unwrap_or_default();
             let content = format!("{pid} {start}\n");
-            std::fs::create_dir_all(PID_DIR).and_then(|()| std::fs::write(path, content))
+            crate::rundir::ensure_dir(Path::new(PID_DIR))
+                .and_then(|()| crate::rundir::write_file(path, content.as_bytes()))
         });
         if let Some(Err(err)) = written {
             warn!(
@@ -532,7 +533,7 @@ impl PidFile {
 
     fn read(device: &str) -> Option<Daemon> {
         let content =
-            std::fs::read_to_string(Path::new(PID_DIR).join(device.replace(':', "-"))).ok()?;
+            crate::rundir::read_file(&Path::new(PID_DIR).join(device.replace(':', "-"))).ok()?;
         let (pid, start) = content.trim().split_once(' ')?;
         Some(Daemon {
             pid: pid.parse().ok()?,
@@ -549,7 +550,7 @@ impl Drop for PidFile {
         // A new mount may have reused this device number and written its own
         // pid here already; leave that one alone.
         let ours = std::process::id().to_string();
-        let content = std::fs::read_to_string(path).unwrap_or_default();
+        let content = crate::rundir::read_file(path).unwrap_or_default();
         if content.split_whitespace().next() == Some(ours.as_str()) {
             let _ = std::fs::remove_file(path);
         }

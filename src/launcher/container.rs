@@ -268,7 +268,7 @@ fn check_host(config: &RunConfig) -> Result<(), RunError> {
 /// Creates `STATE_DIR/NAME/rootfs`; fails when a container of that name
 /// runs or left its state behind.
 fn create_state_dir(name: &str, teardown: &mut Teardown) -> Result<PathBuf> {
-    std::fs::create_dir_all(STATE_DIR)
+    crate::rundir::ensure_dir(Path::new(STATE_DIR))
         .with_context(|| format!("failed to create the state directory {STATE_DIR}"))?;
     let state_dir = Path::new(STATE_DIR).join(name);
     match std::fs::create_dir(&state_dir) {

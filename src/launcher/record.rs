@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::config::RunConfig;
 
 /// Parent of the record directories.
-pub const RECORDS_DIR: &str = "/run/unionfs";
+pub const RECORDS_DIR: &str = crate::rundir::ROOT;
 
 /// Length of a container id in hex digits, and of its short form in `ps`.
 pub const ID_LENGTH: usize = 64;
@@ -248,10 +248,7 @@ impl Record {
                 self.name
             );
         }
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(RECORDS_DIR)
+        crate::rundir::ensure_dir(Path::new(RECORDS_DIR))
             .with_context(|| format!("failed to create {RECORDS_DIR}"))?;
         let dir = self.dir();
         DirBuilder::new()

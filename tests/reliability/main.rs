@@ -22,4 +22,5 @@ mod exhaustion;
 mod hostile;
 mod input;
 mod limits;
+mod rundir;
 mod stress;
