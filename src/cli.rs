@@ -41,9 +41,11 @@ struct Cli {
 enum Command {
     /// Mount a layer stack: LAYERS is topmost first, colon-separated; each
     /// entry may end in =rw or =ro (default: first writable, rest read-only)
+    #[command(allow_missing_positional = true)]
     Mount {
-        /// Layer list such as ./container:./image2:./image1
-        layers: String,
+        /// Layer list such as ./container:./image2:./image1; leave it out
+        /// when -o lowerdir= names the layers
+        layers: Option<String>,
         /// Directory to mount on
         mountpoint: PathBuf,
         #[command(flatten)]
@@ -108,13 +110,19 @@ struct MountArgs {
 
 /// Runs the command line; returns the exit status.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err),
+    };
     let result = match cli.command {
         Some(Command::Mount {
             layers,
             mountpoint,
             args,
-        }) => run_mount(Some(layers), mountpoint, args, true),
+        }) => {
+            let layers_given = layers.is_some();
+            run_mount(layers, mountpoint, args, layers_given)
+        }
         Some(Command::Umount {
             mountpoint,
             lazy,
@@ -188,4 +196,24 @@ fn run_mount(
         mountpoint,
         foreground: args.foreground,
     })
+}
+
+/// Prints a command-line error and returns the exit status: 0 for --help
+/// and --version, 125 for the container commands (docker's status for its
+/// own errors, so a command's own statuses stay apart), 2 otherwise.
+fn usage_error(err: &clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    let _ = err.print();
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return 0;
+    }
+    let subcommand = std::env::args().nth(1).unwrap_or_default();
+    if matches!(subcommand.as_str(), "run" | "exec") {
+        crate::launcher::init::EXIT_LAUNCH_FAILED
+    } else {
+        2
+    }
 }

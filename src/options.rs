@@ -146,7 +146,9 @@ pub enum OptionsError {
         option: &'static str,
         source: IdMapError,
     },
-    #[error("-o upperdir='{upperdir}' needs the lower layers: add -o lowerdir=DIR[:DIR...]")]
+    #[error(
+        "-o upperdir='{upperdir}' needs the lower layers: add -o lowerdir=DIR[:DIR...] (a layer list does not combine with -o upperdir=)"
+    )]
     UpperWithoutLower { upperdir: String },
     #[error(
         "-o workdir='{workdir}' is set but no layer is writable: add -o upperdir=DIR or mark \

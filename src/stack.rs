@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use log::{debug, info};
-use nix::fcntl::OFlag;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::FsFlags;
 
@@ -48,6 +48,9 @@ pub struct Upper {
     pub whiteouts: Writer,
     /// Skip `fsync` when building objects (`-o volatile`).
     pub volatile: bool,
+    /// Held for the mount's life: two mounts writing one upper layer would
+    /// each cache names and attributes the other changes.
+    _lock: Flock<OwnedFd>,
 }
 
 /// The opened layers of one mount, topmost first.
@@ -88,6 +91,10 @@ pub enum StackError {
         "work dir {workdir} must not be inside layer {layer} or contain it; choose a directory beside the upper layer"
     )]
     WorkdirNested { workdir: PathBuf, layer: PathBuf },
+    #[error(
+        "upper layer {0} is in use by another unionfs mount; unmount that one first, or use another upper layer"
+    )]
+    UpperInUse(PathBuf),
     #[error("{0}")]
     Workdir(io::Error),
 }
@@ -251,6 +258,7 @@ fn open_upper(
         Some(path) => explicit_workdir(path, layers)?,
         None => default_workdir(upper),
     };
+    let lock = lock_upper(upper)?;
     let work = WorkDir::open(&workdir, upper.dev).map_err(StackError::Workdir)?;
     let whiteouts = Writer::probe(&work, options.whiteout);
     info!("work dir {}", work.path().display());
@@ -258,7 +266,17 @@ fn open_upper(
         work,
         whiteouts,
         volatile: options.volatile,
+        _lock: lock,
     })
+}
+
+/// Locks the upper layer against a second mount, whatever its work dir.
+fn lock_upper(upper: &Layer) -> Result<Flock<OwnedFd>, StackError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(upper.root.as_fd(), ".", flags, Mode::empty())
+        .map_err(|err| StackError::Workdir(err.into()))?;
+    Flock::lock(fd, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| StackError::UpperInUse(upper.path.clone()))
 }
 
 fn explicit_workdir(path: &Path, layers: &[PathBuf]) -> Result<PathBuf, StackError> {

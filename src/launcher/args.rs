@@ -23,7 +23,7 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 
     /// Container name, used for its cgroup and state directory
-    /// (default: a random 12-digit hex id)
+    /// (default: the first 12 digits of the container id)
     #[arg(long)]
     pub name: Option<String>,
 
@@ -49,7 +49,8 @@ pub struct RunArgs {
     #[arg(short, long = "volume", value_name = "HOST:CONTAINER[:ro]")]
     pub volume: Vec<String>,
 
-    /// Memory limit in bytes, with an optional unit b, k, m or g (such as 100m)
+    /// Memory limit in bytes, with an optional unit b, k, m, g or t (such as
+    /// 100m), at least 6m
     #[arg(short, long, value_name = "BYTES")]
     pub memory: Option<String>,
 

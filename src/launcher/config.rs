@@ -302,15 +302,19 @@ fn parse_volume(value: &str) -> Result<Volume, ConfigError> {
     })
 }
 
-/// Parses `--memory`. A size of zero (`0`, `0b`, `0k`) is rejected here,
-/// with the text as given, because `Limits::validate` only gets the bytes.
+/// The smallest `--memory` accepted, as Docker's: below it the container's
+/// first process is killed before the command starts.
+const MIN_MEMORY: u64 = 6 << 20;
+
+/// Parses `--memory`. A size below [`MIN_MEMORY`] is rejected here, with
+/// the text as given, because `Limits::validate` only gets the bytes.
 fn parse_memory_limit(text: &str) -> Result<u64, ConfigError> {
     let bytes = cgroup::parse_memory(text).map_err(ConfigError::Memory)?;
-    if bytes == 0 {
+    if bytes < MIN_MEMORY {
         return Err(ConfigError::Memory(CgroupError::InvalidLimit {
             option: "--memory",
             value: text.to_string(),
-            reason: "the limit must be at least 1 byte".to_string(),
+            reason: "the limit must be at least 6m".to_string(),
         }));
     }
     Ok(bytes)
@@ -435,6 +439,7 @@ mod tests {
                 |a| a.memory = Some("10x".into()),
                 &["memory size", "\"10x\""],
             ),
+            (|a| a.memory = Some("100k".into()), &["100k", "at least 6m"]),
             (|a| a.name = Some("-bad".into()), &["\"-bad\"", "letters"]),
             (|a| a.name = Some("a/b".into()), &["\"a/b\""]),
             (|a| a.hostname = Some("a b".into()), &["--hostname \"a b\""]),

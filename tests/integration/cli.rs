@@ -409,12 +409,19 @@ fn reject_workdir_other_fs() {
 fn reject_workdir_in_use() {
     let scratch = layers();
     let list = layer_list(&[&dir(&scratch, "upper"), &dir(&scratch, "lower1")]);
-    let first = Mount::unionfs_layers(&dir(&scratch, "mnt"), &list, &[]);
+    let workdir = format!("workdir={}", show(&dir(&scratch, "work")));
+    let first = Mount::unionfs_layers(&dir(&scratch, "mnt"), &list, &[&workdir]);
     let second = dir(&scratch, "mnt2");
     fs::create_dir_all(&second).unwrap();
+    fs::create_dir_all(dir(&scratch, "upper2")).unwrap();
+    let other = layer_list(&[&dir(&scratch, "upper2"), &dir(&scratch, "lower1")]);
 
-    let stderr = reject(&scratch, &second, &args(&[&"mount", &list, &second]));
-    assert_names(&stderr, show(&dir(&scratch, ".upper.unionfs-work")));
+    let stderr = reject(
+        &scratch,
+        &second,
+        &args(&[&"mount", &"-o", &workdir, &other, &second]),
+    );
+    assert_names(&stderr, show(&dir(&scratch, "work")));
     assert_names(&stderr, "in use");
 
     let content = fs::read_to_string(first.root.join("top.txt"));
@@ -423,6 +430,24 @@ fn reject_workdir_in_use() {
         fs::read_to_string(dir(&scratch, "upper/top.txt")).ok(),
         "the first mount must keep serving"
     );
+}
+
+#[test]
+fn reject_upper_in_use() {
+    let scratch = layers();
+    let list = layer_list(&[&dir(&scratch, "upper"), &dir(&scratch, "lower1")]);
+    let _first = Mount::unionfs_layers(&dir(&scratch, "mnt"), &list, &[]);
+    let second = dir(&scratch, "mnt2");
+    fs::create_dir_all(&second).unwrap();
+    let workdir = format!("workdir={}", show(&dir(&scratch, "work2")));
+
+    let stderr = reject(
+        &scratch,
+        &second,
+        &args(&[&"mount", &"-o", &workdir, &list, &second]),
+    );
+    assert_names(&stderr, show(&dir(&scratch, "upper")));
+    assert_names(&stderr, "in use");
 }
 
 #[test]
@@ -539,6 +564,26 @@ fn bare_source_name_form() {
     let entry = mount_entry(&mnt).expect("the mount must be listed");
     assert_eq!(entry.fstype, "fuse.unionfs");
     assert_eq!(entry.source, "none", "SOURCE names the mount");
+    assert_view_matches_kernel(&mnt, &dir(&scratch, "kernel"), &stack(&scratch));
+}
+
+#[test]
+fn mount_subcommand_takes_lowerdir() {
+    let scratch = layers();
+    let mnt = dir(&scratch, "mnt");
+    let options = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        show(&dir(&scratch, "lower1")),
+        show(&dir(&scratch, "lower2")),
+        show(&dir(&scratch, "upper")),
+        show(&dir(&scratch, "work"))
+    );
+    let _mount = mount_with(&args(&[&"mount", &"-o", &options, &mnt]), &mnt);
+
+    assert!(
+        is_mounted(&mnt),
+        "mount -o lowerdir=... MOUNTPOINT must mount"
+    );
     assert_view_matches_kernel(&mnt, &dir(&scratch, "kernel"), &stack(&scratch));
 }
 

@@ -48,6 +48,9 @@ fn invalid_options() {
         (&["-v", "relative-only"], &["--volume"]),
         (&["-w", "relative"], &["--workdir"]),
         (&["--hostname", "bad name"], &["--hostname"]),
+        (&["-m", "100k"], &["100k", "at least 6m"]),
+        (&["--memroy", "10m"], &["--memroy", "--memory"]),
+        (&["--pids-limit", "-1"], &["'-1'"]),
     ];
     for (options, fragments) in cases {
         let container = Container::new("badopt");
@@ -109,11 +112,11 @@ fn layers_missing_from_command_line() {
         .args(["run", "--", "true"])
         .output()
         .unwrap();
-    assert_ne!(output.status.code(), Some(0));
+    assert_status(&output, 125);
     let output = Command::new(unionfs_bin())
         .args(["run", &busybox().display().to_string()])
         .output()
         .unwrap();
-    assert_ne!(output.status.code(), Some(0));
+    assert_status(&output, 125);
     assert!(stderr(&output).contains("COMMAND"), "{}", stderr(&output));
 }
