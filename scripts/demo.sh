@@ -71,4 +71,4 @@ echo "$image/etc/motd does not contain the new line"
 
 step "Unmounting"
 "$unionfs" umount "$mnt"
-echo "done: the container layer at $container is a kernel overlayfs upper layer"
+echo "done: the container layer was a kernel overlayfs upper layer; demo.sh removes it on exit"

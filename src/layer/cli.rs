@@ -95,6 +95,14 @@ fn export(
         None => source_date_epoch()?,
     };
     let name = tarball.to_string_lossy();
+    if let Some(suffix) = [".zst", ".zstd", ".xz", ".bz2", ".lz4"]
+        .into_iter()
+        .find(|suffix| name.ends_with(suffix))
+    {
+        return Err(LayerError::Usage(format!(
+            "{name}: export writes plain or gzip tars, not {suffix}; name the file .tar, .tar.gz or .tgz"
+        )));
+    }
     let gzip = gzip || name.ends_with(".gz") || name.ends_with(".tgz");
     if !dir.is_dir() {
         return Err(LayerError::Usage(format!(

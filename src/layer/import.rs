@@ -58,6 +58,9 @@ pub struct ImportSummary {
     pub dropped: u64,
 }
 
+/// The name errors give a layer tar read from a stream.
+const TAR_NAME: &str = "the layer tar";
+
 /// Unpacks layer tar `tarball` (plain or gzip) into the new directory
 /// `dir`, which must not exist or must be empty.
 pub fn import_file(
@@ -71,13 +74,22 @@ pub fn import_file(
     let read = read_head(&mut file, &mut head)
         .map_err(|err| LayerError::io("read", tarball.display().to_string(), err))?;
     let reader = BufReader::new(io::Cursor::new(head[..read].to_vec()).chain(file));
-    match Compression::detect(&head[..read]) {
+    let result = match Compression::detect(&head[..read]) {
         Compression::Gzip => import_into(flate2::read::MultiGzDecoder::new(reader), dir, options),
         Compression::None => import_into(reader, dir, options),
         Compression::Zstd => Err(LayerError::Zstd {
             path: tarball.display().to_string(),
         }),
-    }
+    };
+    // Put the file name in place of the unpacker's "the layer tar".
+    result.map_err(|err| match err {
+        LayerError::Io {
+            action,
+            entry,
+            source,
+        } if entry == TAR_NAME => LayerError::io(action, tarball.display().to_string(), source),
+        other => other,
+    })
 }
 
 /// Reads up to `head.len()` bytes, fewer only at end of file.
@@ -193,10 +205,9 @@ pub fn unpack<R: Read>(
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
-        .map_err(|err| LayerError::io("read", "the layer tar", err))?;
+        .map_err(|err| LayerError::io("read", TAR_NAME, err))?;
     for entry in entries {
-        let entry =
-            entry.map_err(|err| LayerError::io("read an entry of", "the layer tar", err))?;
+        let entry = entry.map_err(|err| LayerError::io("read an entry of", TAR_NAME, err))?;
         unpacker.entry(entry)?;
     }
     unpacker.set_directory_times()?;

@@ -498,3 +498,19 @@ fn export_import_same_layer() {
         "imported layer",
     );
 }
+
+#[test]
+fn export_rejects_other_compression() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("layer");
+    for name in ["layer.tar.zst", "layer.tar.xz"] {
+        let out = scratch.dir.path().join(name);
+        let output = layer(&[Path::new("export"), &dir, &out]);
+        assert_eq!(output.status.code(), Some(2), "{name} accepted");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(name),
+            "{name} not named"
+        );
+        assert!(!out.exists(), "{name} was written");
+    }
+}
