@@ -16,16 +16,17 @@ REASONS = {
         "a write through a new handle would go to the lower file too. fuse-overlayfs 2.0 does pass lower "
         "files through: on this machine a read-only open, then an O_WRONLY|O_TRUNC open and a write, "
         "changed the lower layer's file. unionfs passes through upper-layer files (the upper-file row), "
-        "and lower files too on a stack with no writable layer. Sequential writes of a new file beat "
-        "kernel overlayfs."
+        "and lower files too on a stack with no writable layer. A sequential write of a new file goes "
+        "through passthrough; its ratio moves between runs on this machine as much as the plain "
+        "directory's does."
     ),
     "Warm metadata walks": (
         "Attributes and names stay cached in the kernel, but FUSE caches no extended attributes. ls -l "
         "asks for security.selinux on every name, a round trip through the daemon each time, which "
-        "kernel overlayfs answers in the kernel. Before this run unionfs also answered "
-        "system.posix_acl_access and, on directories, system.posix_acl_default each time. It now asks "
-        "for FUSE_POSIX_ACL, so the kernel caches ACLs: ls -lR of /usr/share/doc went from 0.52 s to "
-        "0.17 s (medians of 5)."
+        "kernel overlayfs answers in the kernel. ls -l also asks for system.posix_acl_access and, on "
+        "directories, system.posix_acl_default; unionfs asks for FUSE_POSIX_ACL, so the kernel caches "
+        "those itself (ls -lR of /usr/share/doc went from 0.52 s to 0.17 s, medians of 5, when it was "
+        "added)."
     ),
     "Cold metadata walks": (
         "A cold walk costs one FUSE round trip per lookup and per directory read, on top of the lookups "
@@ -41,18 +42,20 @@ REASONS = {
     ),
     "rm -rf of a lower tree and small-file creation": (
         "Every create, unlink and rmdir is a FUSE round trip. Each removal of a lower name also writes a "
-        "whiteout through the work dir, and the nested-tree create runs a mkdir per directory. unionfs "
-        "is faster than both fuse-overlayfs versions on every namespace workload but the tarball "
-        "extraction, a tie with fuse-overlayfs 1.10. The plain directory is itself about 4x slower than "
-        "kernel overlayfs on the nested create in the full run, so part of that row is the disk."
+        "whiteout through the work dir, and the nested-tree create runs a mkdir per directory. On these "
+        "workloads unionfs is faster than both fuse-overlayfs versions or within the tie margin. The "
+        "plain directory is itself several times slower than kernel overlayfs on the nested create, so "
+        "part of that row is the disk."
     ),
     "Never slower than fuse-overlayfs": (
-        "Random and sequential reads of lower files: fuse-overlayfs 2.0 passes them through, which can "
-        "write into the lower layer (see the first target). A 1 GiB copy-up (append, chmod): both "
+        "Reads of lower files (fio, and reading every file): fuse-overlayfs 2.0 passes them through, "
+        "which can write into the lower layer (see the first target). fuse-overlayfs 1.10 answers reads "
+        "with splice (strace shows file to pipe to /dev/fuse), which keeps the data out of its own "
+        "memory; fuser 0.18 has no splice reply, so unionfs copies the data in and out of the daemon. A 1 GiB copy-up (append, chmod): both "
         "fuse-overlayfs versions skip the fsync of the copy, which kernel overlayfs and unionfs do. "
         "Without it, a crash can leave an empty or partial upper file in place of the lower one; with "
-        "-o volatile unionfs skips the fsync too. Warm walks against fuse-overlayfs 1.10: extended "
-        "attribute round trips, fewer since the ACL cache (see the warm-walk target)."
+        "-o volatile unionfs skips the fsync too. A sequential write of a new file passes through in "
+        "both, and its ratio moves between runs as much as the plain directory's does."
     ),
     "Throughput grows with concurrent clients": (
         "The machine has 2 CPUs shared with other jobs. One client of a FUSE walk already keeps both "
