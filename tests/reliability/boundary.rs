@@ -226,9 +226,12 @@ fn container_mountpoint(name: &str) -> Option<PathBuf> {
 #[test]
 fn limits_leave_mount_responsive() {
     let container = Container::new("pressure");
-    let script = "(while :; do sleep 60 & done) 2>/dev/null & \
+    // Mark the start before the loops: once they hold every pid, touch
+    // could not be forked.
+    let script = "touch /tmp/started; \
                   (while :; do dd if=/dev/zero of=/dev/null bs=48M count=1 2>/dev/null; done) & \
-                  touch /tmp/started; wait";
+                  (while :; do sleep 60 & done) 2>/dev/null & \
+                  wait";
     let mut child = container.spawn(&["-m", "64m", "--pids-limit", "24"], script);
     let layer = container.layer();
     assert!(
