@@ -20,6 +20,9 @@ cargo build --release --locked
 install -m 0755 target/release/unionfs /usr/local/bin/unionfs
 cargo test --release --locked -- "$@"
 
+# podman with unionfs as containers-storage's mount_program (about 10 s).
+UNIONFS_BIN="$repo/target/release/unionfs" scripts/podman-test.sh
+
 # POSIX conformance: pjdfstest on the layers' filesystem, kernel overlayfs and
 # unionfs in one run (about 30 s, plus 1 to 3 minutes to build pjdfstest the
 # first time). It fails on a unionfs failure not listed in
