@@ -86,6 +86,14 @@ impl Limits {
                     "the value must be at least 0.01, because the kernel's smallest CFS quota is 1 ms per 100 ms period",
                 ));
             }
+            let host = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if cpus > host as f64 {
+                return Err(invalid(
+                    "--cpus",
+                    cpus.to_string(),
+                    &format!("this host has {host} CPUs; give at most {host}"),
+                ));
+            }
         }
         if let Some(shares) = self.cpu_shares {
             if !cpu::SHARES_RANGE.contains(&shares) {
@@ -497,6 +505,13 @@ mod tests {
                     ..Limits::default()
                 },
                 "invalid --cpus value NaN",
+            ),
+            (
+                Limits {
+                    cpus: Some(100_000.0),
+                    ..Limits::default()
+                },
+                "invalid --cpus value 100000",
             ),
             (
                 Limits {
