@@ -173,7 +173,21 @@ fn serve(stack: LayerStack, request: &MountRequest, report: &mut Option<File>) -
     let result = session.run();
     drop(pid_file);
     info!("unmounted {}", mountpoint.display());
-    result.context("the FUSE session ended with an error")
+    match result {
+        // After `umount -l` the kernel may end the connection as aborted
+        // once the last open file closes; the mount is gone either way.
+        Err(err)
+            if err.raw_os_error() == Some(libc::ECONNABORTED) && !is_unionfs_mount(&mountpoint) =>
+        {
+            Ok(())
+        }
+        result => result.context("the FUSE session ended with an error"),
+    }
+}
+
+/// Returns true while a unionfs mount is listed at `mountpoint`.
+fn is_unionfs_mount(mountpoint: &Path) -> bool {
+    find_mount(mountpoint).is_some_and(|mount| mount.fstype == "fuse.unionfs")
 }
 
 fn session_config(options: &MountOptions) -> Config {

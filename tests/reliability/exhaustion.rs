@@ -436,7 +436,13 @@ fn lazy_unmount_behind_daemon() {
     let exited = wait_for(DAEMON_TIMEOUT, || !daemon.is_running());
     assert!(exited, "the daemon did not exit after its last user left");
     let status = daemon.child.wait().unwrap();
-    assert!(status.success(), "the daemon exited with {status}");
+    let log = daemon.log_text();
+    let tail: Vec<&str> = log.lines().rev().take(8).collect();
+    assert!(
+        status.success(),
+        "the daemon exited with {status}; its log ends with (newest first):\n{}",
+        tail.join("\n")
+    );
     daemon.assert_no_panic();
 }
 
