@@ -249,6 +249,10 @@ pub fn run(case: &Case, source: Source<'_>, totals: &mut Totals) -> Result<Case,
     let mut kernel = build_side(scratch.path(), Kind::Overlay, case)
         .map_err(|err| fail("mount kernel overlayfs".into(), err, &executed))?;
 
+    // Write back the new layers first: ext4's block counts (so sparse-ness)
+    // move while delayed allocations are written, and unionfs may show the
+    // attributes it cached before, where kernel overlayfs stats anew.
+    sys::syncfs(scratch.path());
     let mut kernel_view = view::tree(&kernel.mount.root, started);
     let union_view = view::tree(&union.mount.root, started);
     let differences = view::differences(&union_view, &kernel_view);
