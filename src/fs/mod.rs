@@ -485,7 +485,7 @@ impl Filesystem for UnionFs {
             Self::reply_empty(
                 "setxattr",
                 reply,
-                self.union.setxattr(ino.0, name, value, flags, req.pid()),
+                self.union.setxattr(ino.0, name, value, flags, &caller(req)),
             );
         });
     }

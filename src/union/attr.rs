@@ -14,6 +14,7 @@ use nix::sys::stat::{FchmodatFlags, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid};
 
+use super::create::Caller;
 use super::{Place, Union, errno};
 use crate::real;
 use crate::sys::xattr;
@@ -119,20 +120,31 @@ impl Union {
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        tid: u32,
+        caller: &Caller,
     ) -> io::Result<()> {
         if whiteout::is_private_xattr(name) {
             return Err(errno(libc::EPERM));
         }
         let node = self.node(ino)?;
-        let place = self.copy_up_for_change(&node, tid, None)?;
+        let place = self.copy_up_for_change(&node, caller.pid, None)?;
         match &place {
-            Place::Dir(fd) | Place::Orphan(fd) => xattr::set(fd.as_fd(), name, value, flags),
+            Place::Dir(fd) | Place::Orphan(fd) => xattr::set(fd.as_fd(), name, value, flags)?,
             Place::Entry {
                 parent,
                 name: entry,
-            } => xattr::set_at(parent.as_fd(), entry, name, value, flags),
+            } => xattr::set_at(parent.as_fd(), entry, name, value, flags)?,
         }
+
+        // The daemon writes with CAP_FSETID, so the layer's filesystem keeps
+        // the setgid bit that the kernel drops when someone outside the
+        // file's group sets its access ACL.
+        if name == ACCESS_ACL {
+            let (_, stat) = self.stat_node(&node)?;
+            if stat.st_mode & libc::S_ISGID != 0 && !may_keep_setgid(caller, stat.st_gid) {
+                chmod(&place, stat.st_mode & !libc::S_ISGID)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes xattr `name` of node `ino` for thread `tid`.
@@ -187,6 +199,39 @@ fn chown(place: &Place, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The xattr holding a file's POSIX access ACL.
+const ACCESS_ACL: &str = "system.posix_acl_access";
+
+/// The capability that lets a process keep setgid bits (capabilities(7)).
+const CAP_FSETID: u32 = 4;
+
+/// Returns true when `caller` may keep a file's setgid bit: it is in the
+/// file's group `gid`, or it has CAP_FSETID. Supplementary groups and
+/// capabilities come from /proc; a caller that cannot be read may not.
+fn may_keep_setgid(caller: &Caller, gid: u32) -> bool {
+    if caller.gid == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", caller.pid)) else {
+        return false;
+    };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::trim)
+    };
+    let in_group = field("Groups:").is_some_and(|groups| {
+        groups
+            .split_whitespace()
+            .any(|group| group.parse() == Ok(gid))
+    });
+    let capable = field("CapEff:")
+        .and_then(|caps| u64::from_str_radix(caps, 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_FSETID) != 0);
+    in_group || capable
 }
 
 fn chmod(place: &Place, mode: u32) -> io::Result<()> {

@@ -619,3 +619,31 @@ fn lower_acl_enforced() {
     );
     pair.finish();
 }
+
+/// Setting an access ACL drops the setgid bit when the caller is outside
+/// the file's group, as the kernel does for its own filesystems.
+#[test]
+fn acl_by_non_member_drops_setgid() {
+    let pair = Pair::new(1, |_, root| {
+        for name in ["outside", "member"] {
+            fixture::write(root, name, "data\n");
+            std::os::unix::fs::chown(root.join(name), Some(65534), Some(0)).unwrap();
+            fs::set_permissions(root.join(name), fs::Permissions::from_mode(0o2775)).unwrap();
+        }
+        fixture::age(root);
+    });
+    let modes = pair.both("setfacl as the owner", |root| {
+        [("outside", "--clear-groups"), ("member", "--groups=0")].map(|(name, groups)| {
+            let status = Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", groups])
+                .args(["setfacl", "-m", "u:1:r"])
+                .arg(root.join(name))
+                .status()
+                .unwrap();
+            assert!(status.success(), "setfacl on {name} failed");
+            fs::metadata(root.join(name)).unwrap().permissions().mode() & 0o7777
+        })
+    });
+    assert_eq!(modes, [0o775, 0o2775]);
+    pair.finish();
+}
