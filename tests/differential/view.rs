@@ -248,6 +248,15 @@ fn describe(
     }
 }
 
+/// Returns `tree` with every file's sparse-ness cleared, for comparisons
+/// taken before writeback.
+pub fn without_sparseness(mut tree: Tree) -> Tree {
+    for entry in tree.values_mut() {
+        entry.sparse = false;
+    }
+    tree
+}
+
 /// Returns whether unionfs's `union` entry shows what kernel overlayfs's
 /// `kernel` entry does. All fields must be equal, except that a file may
 /// be sparse on unionfs only, because unionfs keeps every hole on copy-up.
