@@ -118,9 +118,8 @@ impl IdMap {
         &self.ranges
     }
 
-    /// Maps an ID stored in a layer to the ID the merged view shows;
-    /// `None` when no range contains it (callers show the overflow ID,
-    /// 65534, as the kernel does for unmapped IDs).
+    /// Maps an ID stored in a layer to the ID the merged view shows, or
+    /// returns `None` when no range contains it.
     pub fn to_host(&self, stored: u32) -> Option<u32> {
         self.ranges.iter().find_map(|range| {
             let offset = stored.checked_sub(range.container)?;
@@ -128,9 +127,8 @@ impl IdMap {
         })
     }
 
-    /// Maps an ID from a request (the caller's host ID) to the ID stored
-    /// in the upper layer; `None` when no range contains it (callers reject
-    /// the request, as the kernel rejects unmapped IDs with `EOVERFLOW`).
+    /// Maps a caller's host ID to the ID stored in the upper layer, or
+    /// returns `None` when no range contains it.
     pub fn to_stored(&self, host: u32) -> Option<u32> {
         self.ranges.iter().find_map(|range| {
             let offset = host.checked_sub(range.host)?;

@@ -27,7 +27,7 @@ use crate::union::{NewKind, NewObject, Opened, SetAttr, Union};
 pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 
 /// Capabilities asked of the kernel at init, each granted only if supported.
-const WANTED: [InitFlags; 10] = [
+const REQUESTED: [InitFlags; 10] = [
     // Apply the umask here, so a default ACL on the parent can replace it.
     InitFlags::FUSE_DONT_MASK,
     // Let the kernel check POSIX ACLs, as kernel overlayfs does, and cache
@@ -68,7 +68,7 @@ impl UnionFs {
 
 impl Filesystem for UnionFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        for flag in WANTED {
+        for flag in REQUESTED {
             if config.add_capabilities(flag).is_err() {
                 debug!("kernel lacks FUSE capability {flag:?}");
             }

@@ -8,8 +8,8 @@
 //! - Headers are GNU tar headers with numeric owners as stored, empty user
 //!   and group names, and no access or change times. Modification times
 //!   are clamped: no later than the clamp when one is set (`--clamp-mtime`,
-//!   else `SOURCE_DATE_EPOCH`), as the reproducible-builds.org convention
-//!   for `SOURCE_DATE_EPOCH` asks. The header holds whole seconds, and a
+//!   else `SOURCE_DATE_EPOCH`), following the reproducible-builds.org
+//!   convention for `SOURCE_DATE_EPOCH`. The header holds whole seconds, and a
 //!   PAX `mtime` record keeps the nanoseconds of a time the clamp left
 //!   alone.
 //! - Xattrs go in PAX `SCHILY.xattr.NAME` records in name order; overlay

@@ -240,7 +240,8 @@ impl Union {
     /// unlink or rename, so what it leads to must be the node's object;
     /// otherwise the node is located anew.
     fn stat_node(&self, node: &Node) -> stdio::Result<(RealState, FileStat)> {
-        if let Some(last) = node.removed_dir() {
+        // Only directories are ever marked removed; files skip the lock.
+        if let Some(last) = node.is_dir.then(|| node.removed_dir()).flatten() {
             return Ok((node.snapshot(), last));
         }
         for _ in 0..MAX_RELOCATIONS {

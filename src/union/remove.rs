@@ -86,9 +86,9 @@ impl Union {
             return Ok(());
         };
         if found.is_dir() {
-            // Close the directory's descriptors now: an open one keeps a
-            // removed directory's inode allocated until the kernel forgets
-            // the node, which may be after the next mkdir needs that inode.
+            // Close the directory's descriptors now, because an open one
+            // keeps the removed directory's inode allocated until the
+            // kernel sends FORGET, which may come after the next mkdir.
             node.mark_removed_dir(found.stat, found.state.is_merged());
         }
         if !in_upper {

@@ -314,7 +314,7 @@ impl Pair {
         let kernel = mounts.pop().unwrap();
         let union = mounts.pop().unwrap();
         // Snapshots would change the access times that copy-up copies, so
-        // the check compares with a copy that no mount ever sees.
+        // the check compares with a copy that is never mounted.
         let built_lowers = union_lowers[..setup.lowers]
             .iter()
             .enumerate()

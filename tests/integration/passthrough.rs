@@ -2,7 +2,7 @@
 //!
 //! A passthrough read runs in the reader's context against the backing
 //! file, so the daemon's own read count (`rchar` in /proc/PID/io) stays
-//! flat; a cached read makes the daemon read the data itself.
+//! flat. A cached read makes the daemon read the data itself.
 
 use std::fs;
 use std::io::Read;
