@@ -412,9 +412,28 @@ pub fn remount(mountpoint: &Path, options: &[String]) -> Result<()> {
             ),
         }
     }
-    nix::mount::mount(None::<&str>, mountpoint, None::<&str>, flags, None::<&str>)
-        .with_context(|| format!("cannot remount {}", mountpoint.display()))
+    // A read-only remount fails with EBUSY while a file is open for writing,
+    // so give writers that are closing right now a moment to finish.
+    let mut attempts = 0;
+    loop {
+        match nix::mount::mount(None::<&str>, mountpoint, None::<&str>, flags, None::<&str>) {
+            Err(nix::errno::Errno::EBUSY) if attempts < REMOUNT_BUSY_RETRIES => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(nix::errno::Errno::EBUSY) => bail!(
+                "cannot remount {}: files there are still open for writing; close them and retry",
+                mountpoint.display()
+            ),
+            result => {
+                return result.with_context(|| format!("cannot remount {}", mountpoint.display()));
+            }
+        }
+    }
 }
+
+/// Retries of a remount that fails with EBUSY, 50 ms apart.
+const REMOUNT_BUSY_RETRIES: u32 = 20;
 
 /// Options a remount accepts and ignores: mount(8) and mount.fuse3 repeat
 /// the original mount's options, and the layers or FUSE settings they name
